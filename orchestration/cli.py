@@ -1,0 +1,194 @@
+"""The `unlearn` command line: train, forget, status, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from orchestration.runs import Session, open_session
+from orchestration.status import accuracy, describe
+from sisa import InvalidRequestError, SisaError, SliceReport, aggregate
+
+log = logging.getLogger("unlearn")
+
+
+def parse_ids(text: str) -> list[int]:
+    """'3,17, 42' -> [3, 17, 42]; anything that is not an integer is rejected by name."""
+    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    bad = [t for t in tokens if not re.fullmatch(r"[+-]?\d+", t)]
+    if bad:
+        raise InvalidRequestError(f"sample ids must be integers; got {bad[:5]}")
+    return [int(t) for t in tokens]
+
+
+def read_ids_file(path: str) -> list[int]:
+    """Ids from a Parquet file's `sample_id` column, or a text file with one id per line (# comments)."""
+    file = Path(path)
+    if not file.exists():
+        raise InvalidRequestError(f"ids file {path} does not exist")
+    if file.suffix == ".parquet":
+        table = pq.read_table(file)
+        if "sample_id" not in table.column_names:
+            raise InvalidRequestError(f"{path} has no 'sample_id' column (columns: {table.column_names})")
+        column = table.column("sample_id")
+        if not pa.types.is_integer(column.type):
+            raise InvalidRequestError(f"{path}: column sample_id must be integers, not {column.type}")
+        return column.to_pylist()
+    lines = [line.split("#", 1)[0] for line in file.read_text().splitlines()]
+    return parse_ids(" ".join(lines))
+
+
+class Progress:
+    """One tqdm bar over the slices a command trains."""
+
+    def __init__(self, what: str) -> None:
+        self.bar = tqdm(desc=what, unit="slice", dynamic_ncols=True, leave=False, disable=None)
+
+    def __call__(self, report: SliceReport) -> None:
+        self.bar.set_postfix(shard=report.shard, slice=report.slice, loss=f"{report.loss:.3f}")
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _session(args: argparse.Namespace, create: bool = False) -> Session:
+    return open_session(args.run_dir, getattr(args, "config", None), args.set, create=create,
+                        lock_timeout=args.lock_timeout)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    session = _session(args, create=True)
+    progress = Progress("training")
+    try:
+        reports = session.run.train(progress)
+    finally:
+        progress.close()
+    trained = sum(len(r.slices) for r in reports)
+    cost = sum(r.samples_epochs for r in reports)
+    print(f"trained {trained} slice(s) over {len(reports)} shard(s): {cost} samples x epochs, "
+          f"{sum(r.seconds for r in reports):.1f} s")
+    print(f"test accuracy: {accuracy(session):.4f}")
+
+
+def cmd_forget(args: argparse.Namespace) -> None:
+    session = _session(args)
+    progress = Progress("retraining")
+    try:
+        if args.ids is None and args.ids_file is None:
+            if not args.resume:
+                raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
+            reports = session.run.finish_pending(progress)
+        else:
+            ids = parse_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file)
+            reports = [session.run.forget(ids, reason=args.reason, on_slice=progress)]
+    finally:
+        progress.close()
+    if not reports:
+        print("no interrupted request to finish")
+    for report in reports:
+        print(f"request {report.request_id}: {len(report.sample_ids)} sample(s) forgotten; "
+              f"retrained {report.retrained or 'nothing'} (shard: slices), "
+              f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
+              f"purged {report.purged} checkpoint(s)")
+    print(f"test accuracy: {accuracy(session):.4f}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    session = _session(args)
+    info = describe(session)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if key == "shards":
+            print("shards:")
+            for row in value:
+                print(f"  shard {row['shard']:>3}: {row['samples']:>6} samples, checkpoints {row['checkpoints']}")
+        elif key == "requests":
+            print(f"requests: {len(value)}")
+            for row in value:
+                print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) {row['state']}"
+                      f"{' ' + row['reason'] if row['reason'] else ''}")
+        else:
+            print(f"{key}: {value}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    session = _session(args)
+    table = session.test if args.split == "test" else session.run.table
+    ids = np.asarray(parse_ids(args.ids), np.int64) if args.ids else table.ids
+    x, labels = table.tensors(ids)
+    logits = session.run.logits(x)
+    how = args.aggregation or session.config.sisa.aggregation
+    predicted = aggregate(logits, how)
+    print(f"{args.split} accuracy ({how}): {(predicted == labels).double().mean().item():.4f} on {len(ids)} samples")
+    if args.output:
+        out = pa.table({"sample_id": ids, "label": labels.numpy(), "predicted": predicted.numpy()})
+        if args.output.endswith(".parquet"):
+            pq.write_table(out, args.output)
+        else:
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(out, args.output)
+        print(f"wrote {len(ids)} predictions to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description="Exact (SISA) machine unlearning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--run-dir", required=True, help="directory of the run (config, checkpoints, ledger)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set sisa.num_shards=8 (repeatable)")
+        p.add_argument("--lock-timeout", type=float, default=None,
+                       help="seconds to wait for another command on the run dir (default: wait)")
+        return p
+
+    train = command("train", "Train (or resume training) a SISA ensemble.")
+    train.add_argument("--config", help="TOML config file (see configs/)")
+    train.set_defaults(func=cmd_train)
+    forget = command("forget", "Exactly unlearn samples: retrain only the slices that saw them.")
+    forget.add_argument("--ids", help="comma-separated sample ids, e.g. 3,17,42")
+    forget.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    forget.add_argument("--reason", default="", help="why the samples are deleted (kept in the ledger)")
+    forget.add_argument("--resume", action="store_true", help="only finish an interrupted request")
+    forget.set_defaults(func=cmd_forget)
+    status = command("status", "Show a run's config, shards, checkpoints, requests and accuracy.")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+    predict = command("predict", "Predict with the ensemble on the test or train split.")
+    predict.add_argument("--split", choices=("test", "train"), default="test")
+    predict.add_argument("--ids", help="only these sample ids of the split")
+    predict.add_argument("--aggregation", choices=("vote", "mean"))
+    predict.add_argument("--output", help="write sample_id, label, predicted as .csv or .parquet")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `unlearn` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (SisaError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

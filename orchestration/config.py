@@ -1,0 +1,184 @@
+"""Run configuration: frozen dataclasses loaded from TOML, with `--set dotted.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from sisa import SisaConfig
+from sisa.config import fingerprint, training_settings
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to train on and where to find it."""
+
+    name: str = "digits"
+    """Data set: digits (embedded), mnist, fashion-mnist, cifar10 (from files in root) or synthetic."""
+    root: str = ""
+    """Directory holding the data set's files (mnist, fashion-mnist, cifar10)."""
+    cache_dir: str = ""
+    """Where decoded data is cached as Parquet; empty means ~/.cache/unlearn."""
+    train_limit: int = 0
+    """Use only the training samples with the smallest sample_ids, this many (0 = all)."""
+    test_fraction: float = 0.2
+    """Share held out as the test split for data sets without one (digits, synthetic)."""
+    synthetic_samples: int = 1000
+    """Samples in the synthetic data set."""
+    synthetic_features: int = 16
+    """Features per synthetic sample."""
+    synthetic_classes: int = 4
+    """Classes in the synthetic data set."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of each constituent model."""
+
+    name: str = "mlp"
+    """Architecture: mlp, cnn, resnet18 (CIFAR variant) or resnet20."""
+    hidden: int = 128
+    """Hidden units of the MLP."""
+    channels: int = 32
+    """Channels of the first convolution of the small CNN."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is made of; saved resolved as `config.toml` in the run directory."""
+
+    seed: int = 0
+    """Seed every random draw derives from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The data set."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The constituent architecture."""
+    sisa: SisaConfig = field(default_factory=lambda: SisaConfig(epochs=20))
+    """The SISA recipe."""
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes trained weights (not paths, not aggregation)."""
+        data = dataclasses.asdict(self.data)
+        for location in ("root", "cache_dir"):
+            data.pop(location)
+        return fingerprint(
+            {"seed": self.seed, "data": data, "model": dataclasses.asdict(self.model),
+             "sisa": training_settings(self.sisa)}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict of every setting."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value of every setting."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def save(self, path: Path) -> None:
+        """Write as TOML via a temporary file renamed into place."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(tomli_w.dumps(self.to_dict()).encode())
+        tmp.replace(path)
+
+
+def _build(cls: type, values: dict[str, Any], where: str, default: Any = None) -> Any:
+    """An instance of `cls` from `default` (or cls()) with `values` replaced, checked and coerced."""
+    default = cls() if default is None else default
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(f'{where}{k}' for k in unknown)}; "
+                         f"valid in {where or 'the top level'}: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{name} is a section; give it as [{where}{name}]")
+            kwargs[name] = _build(hint, value, f"{where}{name}.", getattr(default, name))
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    return dataclasses.replace(default, **kwargs)
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _coerce(value: Any, hint: type, key: str) -> Any:
+    if isinstance(value, str) and hint is not str:
+        text = value.strip()
+        try:
+            if hint is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                return text.lower() == "true"
+            return hint(text)
+        except ValueError:
+            raise ValueError(f"{key} must be {_KIND[hint]}, got {value!r}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be {_KIND[hint]}, got {value!r}")
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['sisa.num_shards=8', 'seed=3'] into a nested dict (values still strings)."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value (e.g. sisa.num_shards=8), got {pair!r}")
+        *sections, leaf = key.strip().split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key} conflicts with another --set")
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a RunConfig from defaults, `base`, a TOML file, then `--set` overrides."""
+    values = dict(base or {})
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values = _merge(values, tomllib.load(f))
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+    values = _merge(values, parse_overrides(overrides or []))
+    return _build(RunConfig, values, "")
+
+
+def differing_keys(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    fa, fb = a.flat(), b.flat()
+    return sorted(k for k in fa if fa[k] != fb[k])

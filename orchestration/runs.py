@@ -1,0 +1,62 @@
+"""Open a run directory: resolve its config, load its data, and build the SisaRun on top."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestration.config import RunConfig, differing_keys, load_config
+from orchestration.datasets import load_dataset
+from orchestration.models import build_model
+from sisa import SampleTable, SisaRun
+from sisa.errors import ConfigMismatchError
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass
+class Session:
+    """A run opened for one command: its resolved config, SISA ensemble and test split."""
+
+    config: RunConfig
+    run: SisaRun
+    test: SampleTable
+
+
+def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str], create: bool) -> RunConfig:
+    """The config of `run_dir`, checked against what the command was given.
+
+    A new run takes defaults + file + overrides. An existing run keeps the config it was made
+    with; `--config` and `--set` may only repeat it or change settings that do not affect
+    training (data locations, aggregation).
+    """
+    saved = run_dir / CONFIG_FILE
+    if not saved.exists():
+        if not create:
+            raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with "
+                             f"`unlearn train --run-dir {run_dir}`")
+        return load_config(config_path, overrides)
+    stored = load_config(saved)
+    given = load_config(config_path, overrides, base=None if config_path else stored.to_dict())
+    if given.fingerprint() != stored.fingerprint():
+        keys = [k for k in differing_keys(stored, given) if k.split(".")[-1] not in ("root", "cache_dir", "aggregation")]
+        flat_s, flat_g = stored.flat(), given.flat()
+        changes = ", ".join(f"{k}: {flat_s[k]!r} -> {flat_g[k]!r}" for k in keys)
+        raise ConfigMismatchError(f"{run_dir} was made with another config ({changes}); "
+                                  "use a new --run-dir for a new config")
+    return given
+
+
+def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
+                 create: bool = False, lock_timeout: float | None = None) -> Session:
+    """Open (or, with `create`, make) the run in `run_dir`."""
+    run_dir = Path(run_dir)
+    config = resolve_config(run_dir, config_path, overrides or [], create)
+    train, test = load_dataset(config.data)
+    factory = functools.partial(build_model, config.model, train.sample_shape, max(train.num_classes, test.num_classes))
+    factory()  # fail on a bad model/data combination before anything is written
+    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), lock_timeout=lock_timeout)
+    if not (run_dir / CONFIG_FILE).exists():
+        config.save(run_dir / CONFIG_FILE)
+    return Session(config, run, test)

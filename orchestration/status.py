@@ -1,0 +1,50 @@
+"""What `unlearn status` reports about a run, as plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestration.runs import Session
+from sisa import SisaError
+from sisa.plan import slice_keys
+
+
+def accuracy(session: Session, how: str | None = None) -> float:
+    """Test accuracy of the ensemble ('vote' or 'mean'; default the config's aggregation)."""
+    x, labels = session.test.tensors()
+    return (session.run.predict(x, how) == labels).double().mean().item()
+
+
+def describe(session: Session) -> dict[str, Any]:
+    """Config, shards with their checkpoints, requests, store size and test accuracy."""
+    run, config = session.run, session.config
+    plan = run.plan()
+    present = {(e.shard, e.slice, e.key) for e in run.store.entries()}
+    shards = []
+    for shard, size in enumerate(plan.shard_sizes().tolist()):
+        keys = slice_keys(run.fingerprint, shard, plan.slice_ids(shard)) if size else []
+        marks = "".join("+" if (shard, r, k) in present else "." for r, k in enumerate(keys))
+        shards.append({"shard": shard, "samples": size, "checkpoints": marks or "(empty shard)"})
+    requests = [
+        {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids), "reason": r.reason,
+         "state": "pending" if r.done is None else f"done, retrained {r.done['retrained']}"}
+        for r in run.ledger.requests()
+    ]
+    s = config.sisa
+    info: dict[str, Any] = {
+        "run": str(run.run_dir),
+        "data": f"{config.data.name}: {len(run.table)} training samples ({len(plan)} retained), "
+                f"{len(session.test)} test",
+        "model": config.model.name,
+        "seed": config.seed,
+        "sisa": f"{s.num_shards} shards x {s.num_slices} slices, {s.epochs} epochs "
+                f"({s.slice_epochs} per slice), aggregation {s.aggregation}",
+        "store": f"{run.store.uri}: {len(present)} checkpoints, {run.store.nbytes() / 1e6:.2f} MB",
+        "shards": shards,
+        "requests": requests,
+    }
+    try:
+        info["test accuracy"] = {how: round(accuracy(session, how), 4) for how in ("vote", "mean")}
+    except SisaError as err:
+        info["test accuracy"] = f"unavailable: {err}"
+    return info

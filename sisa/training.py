@@ -1,0 +1,209 @@
+"""Train one shard slice by slice (cumulative), resuming from the deepest valid checkpoint.
+
+Slice r of a shard starts from the checkpoint after slice r-1 and trains on the union of slices
+0..r. Training is a pure function of (config, seed, ids of each slice): the model is initialised
+from a generator of (seed, shard), each epoch's order and dropout from (seed, shard, slice, epoch),
+and ids are sorted before the permutation. Retraining after a deletion is therefore
+bit-identical (on CPU) to training from scratch without the deleted ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from sisa.config import SisaConfig
+from sisa.data import SampleTable
+from sisa.errors import CheckpointCorruptError, CheckpointMissingError
+from sisa.plan import slice_keys
+from sisa.seeding import generator, seeded
+from sisa.store import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """The work for one shard: the sorted ids of each of its slices (not cumulative)."""
+
+    shard: int
+    slice_ids: tuple[np.ndarray, ...]
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the whole shard."""
+        return sum(len(ids) for ids in self.slice_ids)
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """What training one slice did."""
+
+    shard: int
+    slice: int
+    num_samples: int
+    """Samples in the cumulative union of slices 0..slice."""
+    epochs: int
+    loss: float
+    """Mean training loss over the slice's last epoch (nan when there was nothing to train)."""
+    accuracy: float
+    """Training accuracy over the slice's last epoch."""
+    seconds: float
+
+    @property
+    def samples_epochs(self) -> int:
+        """Samples x epochs processed: the cost measure of training this slice."""
+        return self.num_samples * self.epochs
+
+
+@dataclass
+class ShardReport:
+    """What training or retraining one shard did."""
+
+    shard: int
+    resumed_from: int
+    """Slice whose checkpoint training resumed from; -1 when it started from initialisation."""
+    slices: list[SliceReport] = field(default_factory=list)
+
+    @property
+    def retrained_slices(self) -> list[int]:
+        """Slices trained by this job."""
+        return [s.slice for s in self.slices]
+
+    @property
+    def samples_epochs(self) -> int:
+        """Total samples x epochs processed."""
+        return sum(s.samples_epochs for s in self.slices)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time spent training slices."""
+        return sum(s.seconds for s in self.slices)
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Force deterministic torch kernels for the block, restoring the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+class ShardTrainer:
+    """Trains the shards of one SISA ensemble; holds no state between jobs besides its inputs."""
+
+    def __init__(
+        self,
+        table: SampleTable,
+        model_factory: ModelFactory,
+        config: SisaConfig,
+        store: CheckpointStore,
+        fingerprint: str,
+        seed: int,
+    ) -> None:
+        """Args: the training data, a factory of fresh models, the recipe, the checkpoint store,
+        the run's fingerprint (part of every checkpoint key) and the seed."""
+        self.table = table
+        self.model_factory = model_factory
+        self.config = config
+        self.store = store
+        self.fingerprint = fingerprint
+        self.seed = seed
+
+    def new_model(self, shard: int) -> nn.Module:
+        """The shard's initial model: a pure function of (seed, shard)."""
+        with seeded(self.seed, "init", shard):
+            return self.model_factory()
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _resume_point(self, job: ShardJob, keys: list[str]) -> tuple[int, dict | None]:
+        """Deepest slice whose checkpoint exists and verifies; corrupt ones are removed and skipped."""
+        for r in reversed(range(len(keys))):
+            try:
+                return r, self.store.load(job.shard, r, keys[r])
+            except CheckpointMissingError:
+                continue
+            except CheckpointCorruptError as err:
+                log.warning("%s; it will be retrained", err)
+                self.store.delete(self.store.entry(job.shard, r, keys[r]))
+        return -1, None
+
+    def train(self, job: ShardJob, on_slice: Callable[[SliceReport], None] | None = None) -> ShardReport:
+        """Bring every slice checkpoint of `job.shard` up to date, training only what is missing."""
+        keys = slice_keys(self.fingerprint, job.shard, job.slice_ids)
+        start, state = self._resume_point(job, keys)
+        report = ShardReport(job.shard, resumed_from=start)
+        if start == len(keys) - 1:
+            return report
+        device = torch.device(self.config.device)
+        model = self.new_model(job.shard).to(device)
+        optimizer = self._optimizer(model)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        seen = np.concatenate(job.slice_ids[: start + 1]) if start >= 0 else np.zeros(0, np.int64)
+        with deterministic():
+            for r in range(start + 1, len(keys)):
+                seen = np.sort(np.concatenate([seen, job.slice_ids[r]]))
+                result = self._train_slice(model, optimizer, job.shard, r, seen)
+                state = {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "counters": {"shard": job.shard, "slice": r, "num_samples": len(seen)},
+                }
+                self.store.save(job.shard, r, keys[r], state, seen, self.fingerprint)
+                report.slices.append(result)
+                if on_slice is not None:
+                    on_slice(result)
+        return report
+
+    def _train_slice(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, shard: int, slice_: int, ids: np.ndarray
+    ) -> SliceReport:
+        began = time.perf_counter()
+        epochs = self.config.slice_epochs if len(ids) else 0
+        x, y = self.table.tensors(ids)
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device)
+        loss_sum, correct = float("nan"), 0
+        model.train()
+        for epoch in range(epochs):
+            order = torch.randperm(len(ids), generator=generator(self.seed, shard, slice_, epoch))
+            loss_sum, correct = 0.0, 0
+            with seeded(self.seed, "dropout", shard, slice_, epoch):
+                for batch in _batches(order, self.config.batch_size):
+                    logits = model(x[batch])  # (batch, classes)
+                    loss = nn.functional.cross_entropy(logits, y[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.item() * len(batch)
+                    correct += int((logits.argmax(1) == y[batch]).sum())
+        n = max(len(ids), 1)
+        return SliceReport(
+            shard, slice_, len(ids), epochs, loss_sum / n, correct / n, time.perf_counter() - began
+        )
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split an epoch's order into batches, folding a trailing batch of one sample into the one
+    before it: batch norm cannot train on a single sample."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches

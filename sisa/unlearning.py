@@ -1,0 +1,113 @@
+"""Deletion requests: validation, what they make dirty, and the compliance purge.
+
+A request is checked in full before anything is written: a bad id rejects the whole request and
+leaves the ledger, the store and every model as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sisa.errors import InvalidRequestError
+from sisa.ledger import Request
+from sisa.plan import ShardPlan, slice_keys
+from sisa.store import CheckpointEntry, CheckpointStore
+from sisa.training import ShardReport
+
+
+@dataclass
+class DeletionReport:
+    """What serving one deletion request did."""
+
+    request_id: str
+    sample_ids: np.ndarray
+    dirty: dict[int, int]
+    """Affected shard -> earliest slice holding a deleted id."""
+    shards: list[ShardReport] = field(default_factory=list)
+    purged: int = 0
+    """Checkpoints deleted because they saw a deleted id (or became unreachable)."""
+    seconds: float = 0.0
+
+    @property
+    def retrained(self) -> dict[int, list[int]]:
+        """Shard -> slices retrained."""
+        return {r.shard: r.retrained_slices for r in self.shards if r.slices}
+
+    @property
+    def samples_epochs(self) -> int:
+        """Samples x epochs retrained in all."""
+        return sum(r.samples_epochs for r in self.shards)
+
+
+def _as_ids(sample_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    ids = np.asarray(sample_ids)
+    if ids.ndim != 1:
+        raise InvalidRequestError(f"sample ids must be a flat list, got shape {ids.shape}")
+    if ids.size == 0:
+        raise InvalidRequestError("the request names no sample ids; give at least one")
+    if ids.dtype.kind not in "iu":
+        shown = [v for v in ids.tolist() if not isinstance(v, int) or isinstance(v, bool)][:5]
+        raise InvalidRequestError(f"sample ids must be integers; got {shown or ids[:5].tolist()!r}")
+    return ids.astype(np.int64)
+
+
+def validate_request(
+    sample_ids: Sequence[int] | np.ndarray, known_ids: np.ndarray, history: list[Request]
+) -> np.ndarray:
+    """Check a request against the data and earlier requests; returns the ids as sorted int64.
+
+    Raises:
+        InvalidRequestError: empty, non-integer, negative, duplicate, unknown or already deleted ids.
+    """
+    ids = _as_ids(sample_ids)
+    if (ids < 0).any():
+        raise InvalidRequestError(f"sample ids are >= 0; got {ids[ids < 0][:5].tolist()}")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InvalidRequestError(f"sample ids appear more than once in the request: {unique[counts > 1][:5].tolist()}")
+    for request in history:
+        again = np.intersect1d(unique, request.sample_ids)
+        if again.size:
+            raise InvalidRequestError(
+                f"sample ids {again[:10].tolist()} were already deleted by request {request.request_id}"
+            )
+    unknown = unique[~np.isin(unique, known_ids)]
+    if unknown.size:
+        raise InvalidRequestError(
+            f"sample ids {unknown[:10].tolist()} are not in the training data "
+            f"(its {len(known_ids)} ids run from {known_ids.min()} to {known_ids.max()})"
+        )
+    return unique
+
+
+def expected_keys(plan: ShardPlan, fingerprint: str, shard: int) -> set[str]:
+    """Keys of the checkpoints `shard` should hold under `plan` (none for an empty shard)."""
+    slices = plan.slice_ids(shard)
+    if sum(len(ids) for ids in slices) == 0:
+        return set()
+    return set(slice_keys(fingerprint, shard, slices))
+
+
+def purge_stale(store: CheckpointStore, plan: ShardPlan, fingerprint: str, shards: list[int]) -> list[CheckpointEntry]:
+    """Delete every checkpoint of `shards` that the current plan does not reach.
+
+    Under a plan without the deleted ids, a checkpoint that saw one has a key no slice has any
+    more, so this removes all of them (and leftovers of interrupted writes).
+    """
+    removed: list[CheckpointEntry] = []
+    for shard in shards:
+        removed += store.purge(shard, expected_keys(plan, fingerprint, shard))
+    return removed
+
+
+def audit(store: CheckpointStore, sample_ids: np.ndarray) -> list[CheckpointEntry]:
+    """Checkpoints whose manifest lists any of `sample_ids` (empty after a compliant deletion)."""
+    sample_ids = np.asarray(sample_ids, np.int64)
+    return [
+        entry
+        for entry in store.entries()
+        if np.isin(np.asarray(store.read_manifest(entry)["sample_ids"], np.int64), sample_ids).any()
+    ]

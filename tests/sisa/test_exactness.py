@@ -1,0 +1,83 @@
+"""The SISA exactness and compliance invariants (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sisa.unlearning import audit
+from tests.conftest import assert_bit_identical, open_run
+
+
+def _file_stamps(run) -> dict[str, tuple[int, bytes]]:
+    stamps = {}
+    for path in sorted(run.run_dir.joinpath("checkpoints").rglob("*")):
+        if path.is_file():
+            stamps[str(path)] = (path.stat().st_mtime_ns, path.read_bytes())
+    return stamps
+
+
+def test_forget_is_bit_identical_to_training_from_scratch_without_the_ids(tmp_path, table):
+    torch.use_deterministic_algorithms(True)
+    run = open_run(tmp_path / "run", table)
+    run.train()
+    plan = run.plan()
+    forget = np.array([plan.slice_ids(0)[1][0], plan.slice_ids(0)[2][0], plan.slice_ids(2)[0][3]])
+    before = _file_stamps(run)
+
+    report = run.forget(forget)
+
+    scratch = open_run(tmp_path / "scratch", table.without(forget))
+    scratch.train()
+    ours, theirs = run.constituents(), scratch.constituents()
+    assert [s for s, _ in ours] == [s for s, _ in theirs] == [0, 1, 2]
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert_bit_identical(a, b)
+    assert report.retrained == {0: [1, 2], 2: [0, 1, 2]}
+    after = _file_stamps(run)
+    untouched = {p: v for p, v in before.items() if "/shard-001/" in p}
+    assert untouched and all(after[p] == v for p, v in untouched.items()), "shard 1 was not affected"
+    assert torch.equal(run.logits(table.tensors()[0]), scratch.logits(table.tensors()[0]))
+
+
+def test_forget_leaves_no_checkpoint_whose_manifest_lists_a_deleted_id(tmp_path, table):
+    run = open_run(tmp_path / "run", table)
+    run.train()
+    forget = np.arange(0, 240, 7)
+    assert audit(run.store, forget), "before the deletion, checkpoints saw the ids"
+
+    report = run.forget(forget)
+
+    assert audit(run.store, forget) == []
+    assert report.purged > 0
+    manifests = [run.store.read_manifest(e) for e in run.store.entries()]
+    assert len(manifests) == 9 and not np.isin(np.concatenate([m["sample_ids"] for m in manifests]), forget).any()
+
+
+def test_forget_batch_retrains_each_affected_shard_once_from_its_earliest_slice(tmp_path, table):
+    calls: list[int] = []
+    run = open_run(tmp_path / "run", table)
+    run.train()
+    plan = run.plan()
+    forget = np.concatenate([plan.slice_ids(1)[2][:3], plan.slice_ids(1)[1][:1], plan.slice_ids(2)[2][:2]])
+    inner = run.executor
+
+    def counting(jobs, on_slice):
+        calls.extend(job.shard for job in jobs)
+        return inner(jobs, on_slice)
+
+    run.executor = counting
+    report = run.forget(forget)
+
+    assert calls == [1, 2]
+    assert report.dirty == {1: 1, 2: 2}
+    assert report.retrained == {1: [1, 2], 2: [2]}
+    sizes = [len(np.concatenate(run.plan().slice_ids(1)[: r + 1])) for r in (1, 2)]
+    assert report.samples_epochs == (sizes[0] + sizes[1] + len(run.plan().slice_ids(2)[0])
+                                     + len(run.plan().slice_ids(2)[1]) + len(run.plan().slice_ids(2)[2])) * 2
+
+
+def test_training_twice_in_a_row_trains_nothing_the_second_time(tmp_path, table):
+    run = open_run(tmp_path / "run", table)
+    assert sum(len(r.slices) for r in run.train()) == 9
+    assert all(r.resumed_from == 2 and not r.slices for r in run.train())

@@ -1,4 +1,4 @@
-"""The `unlearn` command line: train, forget, status, predict."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+import approx
+from approx.registry import parameters
+from orchestration.approximate import run_approx
 from orchestration.runs import Session, open_session
 from orchestration.status import accuracy, describe
 from sisa import InvalidRequestError, SisaError, SliceReport, aggregate
@@ -144,8 +147,32 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {len(ids)} predictions to {args.output}")
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    for name, summary in approx.describe().items():
+        print(f"{name:16} {summary}")
+        if args.verbose:
+            print("".join(f"{'':18}{k} = {v!r}\n" for k, v in parameters(name).items()), end="")
+
+
+def cmd_approx(args: argparse.Namespace) -> None:
+    method_params = {k.removeprefix("method."): v for k, _, v in (s.partition("=") for s in args.set)
+                     if k.startswith("method.")}
+    args.set = [s for s in args.set if not s.startswith("method.")]
+    method = approx.create(args.method, **method_params)
+    session = _session(args)
+    ids = parse_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file) if args.ids_file else None
+    if ids is None:
+        raise InvalidRequestError("give --ids or --ids-file")
+    report = run_approx(session, method, ids, target=args.target)
+    print(f"{report.method} on the {report.target} model(s) {report.shards}: {len(report.forget_ids)} sample(s), "
+          f"{report.samples} samples processed, {report.seconds:.2f} s")
+    for key in report.before:
+        print(f"  {key:12} {report.before[key]:.4f} -> {report.after[key]:.4f}")
+    print(f"unlearned model(s) written to {report.saved_to} (the exact SISA checkpoints are unchanged)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unlearn", description="Exact (SISA) machine unlearning.")
+    parser = argparse.ArgumentParser(prog="unlearn", description="Exact (SISA) and approximate machine unlearning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
@@ -175,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--aggregation", choices=("vote", "mean"))
     predict.add_argument("--output", help="write sample_id, label, predicted as .csv or .parquet")
     predict.set_defaults(func=cmd_predict)
+    methods = sub.add_parser("methods", help="List the approximate unlearning methods.")
+    methods.add_argument("--verbose", "-v", action="store_true", help="also list each method's parameters")
+    methods.set_defaults(func=cmd_methods)
+    approx_ = command("approx", "Approximately unlearn samples with a method (see `unlearn methods`).")
+    approx_.add_argument("--method", required=True, help="method name, e.g. salun")
+    approx_.add_argument("--ids", help="comma-separated sample ids")
+    approx_.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    approx_.add_argument("--target", choices=("ensemble", "single"), default="ensemble",
+                         help="the SISA ensemble's affected constituents, or a single model trained on all data")
+    approx_.set_defaults(func=cmd_approx)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""Approximate unlearning on a run: on a single model, or on the affected constituents of the ensemble.
+
+Approximate results never replace the exact SISA checkpoints: the unlearned models are written
+beside them, under `run_dir/approx/`, so exact deletion stays available and comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import approx
+from orchestration.runs import Session
+from sisa import SisaRun, aggregate
+from sisa.unlearning import validate_request
+
+
+@dataclass
+class ApproxReport:
+    """Accuracies before and after an approximate unlearning run, and its cost."""
+
+    method: str
+    target: str
+    forget_ids: np.ndarray
+    shards: list[int]
+    """Constituents the method ran on (the one model, shard 0, for target 'single')."""
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    samples: int = 0
+    saved_to: str = ""
+
+
+def single_model_run(session: Session) -> SisaRun:
+    """The run's monolithic model (one shard, one slice, same recipe), trained once and kept in run_dir/single."""
+    run = session.run
+    config = dataclasses.replace(session.config.sisa, num_shards=1, num_slices=1)
+    return SisaRun(run.run_dir / "single", run.table, run.trainer.model_factory, config, session.config.seed,
+                   run.fingerprint + ":single", lock_timeout=run.lock_timeout)
+
+
+@torch.no_grad()
+def _accuracies(models: list[nn.Module], how: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    out = {}
+    for name, (x, y) in sets.items():
+        logits = torch.stack([m.eval()(x) for m in models])
+        out[f"{name}/acc"] = (aggregate(logits, how) == y).double().mean().item()
+    return out
+
+
+def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: list[int] | np.ndarray,
+               target: str = "ensemble") -> ApproxReport:
+    """Run `method` to forget `sample_ids` on the ensemble's affected constituents or on the single model."""
+    if target not in ("ensemble", "single"):
+        raise ValueError(f"target must be 'ensemble' or 'single', got {target!r}")
+    run = session.run
+    ids = validate_request(sample_ids, run.table.ids, run.ledger.requests())
+    base = single_model_run(session) if target == "single" else run
+    if target == "single":
+        base.train()
+    plan = base.plan()
+    constituents = base.constituents()
+    models = [copy.deepcopy(m) for _, m in constituents]
+    shard_of = {shard: i for i, (shard, _) in enumerate(constituents)}
+    retained = np.setdiff1d(plan.sample_ids, ids)
+    how = "vote" if target == "single" else session.config.sisa.aggregation
+    sets = {"forget": run.table.tensors(ids), "retain": run.table.tensors(retained), "test": session.test.tensors()}
+    report = ApproxReport(method.name, target, ids, shards=sorted(set(plan.locate(ids)[0].tolist())))
+    report.before = _accuracies(models, how, sets)
+    began = time.perf_counter()
+    for shard in report.shards:
+        in_shard = plan.sample_ids[plan.shard == shard]
+        forget, retain = np.intersect1d(in_shard, ids), np.setdiff1d(in_shard, ids)
+        result = approx.unlearn(models[shard_of[shard]], copy.deepcopy(method), run.table.tensors(forget),
+                                run.table.tensors(retain), num_classes=int(sets["test"][1].max()) + 1,
+                                seed=session.config.seed, device=session.config.sisa.device)
+        report.samples += result.samples
+    report.seconds = time.perf_counter() - began
+    report.after = _accuracies(models, how, sets)
+    report.saved_to = str(_save(run.run_dir, report, models, [s for s, _ in constituents]))
+    return report
+
+
+def _save(run_dir: Path, report: ApproxReport, models: list[nn.Module], shards: list[int]) -> Path:
+    folder = run_dir / "approx" / f"{report.method}-{report.target}-{time.strftime('%Y%m%dT%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, model in zip(shards, models):
+        if shard in report.shards:
+            tmp = folder / f"shard-{shard:03d}.pt.tmp"
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(folder / f"shard-{shard:03d}.pt")
+    return folder

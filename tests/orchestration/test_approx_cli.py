@@ -1,0 +1,69 @@
+"""`unlearn methods` and `unlearn approx`: on the ensemble's affected constituents and on a single model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import approx
+from orchestration.approximate import run_approx
+from orchestration.cli import main
+from orchestration.runs import open_session
+from tests.orchestration.test_cli import FAST, run_cli
+
+
+@pytest.fixture(scope="module")
+def digits_session(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("approx") / "run"
+    assert main(["train", "--run-dir", str(run_dir), *FAST]) == 0
+    return open_session(run_dir)
+
+
+def test_methods_lists_every_method_and_its_parameters(capsys):
+    code, out, _ = run_cli(capsys, "methods", "--verbose")
+    assert code == 0
+    for name in approx.available():
+        assert f"\n{name} " in "\n" + out
+    assert "fraction = 0.5" in out and "iterations = 1500" in out
+
+
+def test_approx_on_the_ensemble_touches_only_affected_constituents(digits_session):
+    plan = digits_session.run.plan()
+    ids = plan.sample_ids[plan.shard == 1][:5]
+    exact_before = {e.path for e in digits_session.run.store.entries()}
+    report = run_approx(digits_session, approx.create("random_label", epochs=2), ids)
+    assert report.shards == [1]
+    assert report.after["forget/acc"] < report.before["forget/acc"]
+    saved = sorted(p.name for p in __import__("pathlib").Path(report.saved_to).iterdir())
+    assert saved == ["shard-001.pt"]
+    state = torch.load(f"{report.saved_to}/shard-001.pt", weights_only=True)
+    assert set(state) == set(digits_session.run.constituents()[1][1].state_dict())
+    assert {e.path for e in digits_session.run.store.entries()} == exact_before, "exact checkpoints are untouched"
+
+
+def test_approx_on_a_single_model_trains_it_once_and_unlearns(digits_session):
+    report = run_approx(digits_session, approx.create("finetune", epochs=1), [0, 1, 2], target="single")
+    assert report.shards == [0] and report.samples > 0
+    assert (digits_session.run.run_dir / "single" / "checkpoints" / "shard-000").is_dir()
+
+
+def test_approx_cli_reports_accuracies_and_rejects_bad_input(digits_session, capsys):
+    run_dir = str(digits_session.run.run_dir)
+    code, out, _ = run_cli(capsys, "approx", "--run-dir", run_dir, "--method", "salun", "--ids", "4,5,6",
+                           "--set", "method.epochs=1", "--set", "method.fraction=0.2")
+    assert code == 0 and "forget/acc" in out and "exact SISA checkpoints are unchanged" in out
+    for argv, message in [
+        (["--method", "salun", "--ids", "99999"], "not in the training data"),
+        (["--method", "salun", "--ids", ""], "names no sample ids"),
+        (["--method", "nope", "--ids", "1"], "valid: finetune"),
+        (["--method", "salun", "--ids", "1", "--set", "method.alpha=1"], "valid: batch_size"),
+    ]:
+        code, _, err = run_cli(capsys, "approx", "--run-dir", run_dir, *argv)
+        assert code == 2 and message in err, err
+
+
+def test_approx_refuses_ids_already_deleted_exactly(digits_session):
+    digits_session.run.forget([100])
+    with pytest.raises(ValueError, match="already deleted by request r-0001"):
+        run_approx(digits_session, approx.create("finetune", epochs=1), np.array([100]))

@@ -85,6 +85,10 @@ class UnlearningMethod:
         driver = num_forget if self.driver == "forget" else num_retain
         return self.epochs * math.ceil(driver / self.batch_size)
 
+    def step_uses(self, progress: Progress) -> tuple[str, ...]:
+        """Which sets this step draws a batch from (default: `uses`)."""
+        return self.uses
+
     def retain_limit(self, num_forget: int) -> int | None:
         """Size of the random retain subset the method sees; None means the whole retain set."""
         return None

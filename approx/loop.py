@@ -106,8 +106,9 @@ def unlearn(
         if method.schedule == "cosine":
             for group in optimizer.param_groups:
                 group["lr"] = method.lr * progress.cosine()
-        fx, fy = cyclers["forget"].next() if "forget" in method.uses else empty
-        rx, ry = cyclers["retain"].next() if "retain" in method.uses else empty
+        uses = method.step_uses(progress)
+        fx, fy = cyclers["forget"].next() if "forget" in uses else empty
+        rx, ry = cyclers["retain"].next() if "retain" in uses else empty
         batch = UnlearnBatch(fx, fy, rx, ry, num_classes, torch.Generator().manual_seed(seed * 100003 + step))
         terms = method.loss_terms(model, batch, progress)
         loss = torch.stack(list(terms.values())).sum()

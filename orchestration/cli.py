@@ -51,6 +51,15 @@ def read_ids_file(path: str) -> list[int]:
     return parse_ids(" ".join(lines))
 
 
+def request_ids(args: argparse.Namespace) -> list[int]:
+    """The ids of a request given as --ids or --ids-file."""
+    if args.ids is not None:
+        return parse_ids(args.ids)
+    if args.ids_file is not None:
+        return read_ids_file(args.ids_file)
+    raise InvalidRequestError("give --ids or --ids-file")
+
+
 class Progress:
     """One tqdm bar over the slices a command trains."""
 
@@ -93,8 +102,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
                 raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
             reports = session.run.finish_pending(progress)
         else:
-            ids = parse_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file)
-            reports = [session.run.forget(ids, reason=args.reason, on_slice=progress)]
+            reports = [session.run.forget(request_ids(args), reason=args.reason, on_slice=progress)]
     finally:
         progress.close()
     if not reports:
@@ -160,10 +168,7 @@ def cmd_approx(args: argparse.Namespace) -> None:
     args.set = [s for s in args.set if not s.startswith("method.")]
     method = approx.create(args.method, **method_params)
     session = _session(args)
-    ids = parse_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file) if args.ids_file else None
-    if ids is None:
-        raise InvalidRequestError("give --ids or --ids-file")
-    report = run_approx(session, method, ids, target=args.target)
+    report = run_approx(session, method, request_ids(args), target=args.target)
     print(f"{report.method} on the {report.target} model(s) {report.shards}: {len(report.forget_ids)} sample(s), "
           f"{report.samples} samples processed, {report.seconds:.2f} s")
     for key in report.before:

@@ -93,6 +93,9 @@ class SFROn(UnlearningMethod):
     def _forget_step(self, progress: Progress) -> bool:
         return progress.step % (self.retain_steps + 1) == 0
 
+    def step_uses(self, progress: Progress) -> tuple[str, ...]:
+        return ("forget",) if self._forget_step(progress) else ("retain",)
+
     def prepare(self, model: nn.Module, forget, retain) -> None:  # noqa: ANN001
         self.masks = fisher_mask(fisher_diagonal(model, *forget), fisher_diagonal(model, *retain), self.gamma)
 

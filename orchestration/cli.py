@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 import approx
 from approx.registry import parameters
-from orchestration.approximate import run_approx
+from orchestration import commands
 from orchestration.runs import Session, open_session
-from orchestration.status import accuracy, describe
+from orchestration.status import describe
+from orchestration.tracking import make_tracker
 from sisa import InvalidRequestError, SisaError, SliceReport, aggregate
 
 log = logging.getLogger("unlearn")
@@ -74,8 +75,22 @@ class Progress:
         self.bar.close()
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values plus the shorthand flags, which are settings too."""
+    extra = []
+    if getattr(args, "engine", None):
+        extra.append(f"ray.engine={args.engine}")
+    if getattr(args, "address", None):
+        extra.append(f"ray.address={args.address}")
+    if getattr(args, "tracking_uri", None):
+        extra.append(f"tracking.uri={args.tracking_uri}")
+    if getattr(args, "no_track", False):
+        extra.append("tracking.enabled=false")
+    return [s for s in args.set if not s.startswith("method.")] + extra
+
+
 def _session(args: argparse.Namespace, create: bool = False) -> Session:
-    return open_session(args.run_dir, getattr(args, "config", None), args.set, create=create,
+    return open_session(args.run_dir, getattr(args, "config", None), _overrides(args), create=create,
                         lock_timeout=args.lock_timeout)
 
 
@@ -83,26 +98,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     session = _session(args, create=True)
     progress = Progress("training")
     try:
-        reports = session.run.train(progress)
+        reports, metrics = commands.train(session, make_tracker(session.config.tracking), progress)
     finally:
         progress.close()
-    trained = sum(len(r.slices) for r in reports)
-    cost = sum(r.samples_epochs for r in reports)
-    print(f"trained {trained} slice(s) over {len(reports)} shard(s): {cost} samples x epochs, "
-          f"{sum(r.seconds for r in reports):.1f} s")
-    print(f"test accuracy: {accuracy(session):.4f}")
+    print(f"trained {int(metrics['cost/slices_trained'])} slice(s) over {len(reports)} shard(s): "
+          f"{int(metrics['cost/samples_epochs'])} samples x epochs, {metrics['time/wall_s']:.1f} s")
+    print(f"test accuracy: {metrics['test/acc']:.4f}")
 
 
 def cmd_forget(args: argparse.Namespace) -> None:
     session = _session(args)
+    if args.ids is None and args.ids_file is None and not args.resume:
+        raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
+    ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args)
     progress = Progress("retraining")
     try:
-        if args.ids is None and args.ids_file is None:
-            if not args.resume:
-                raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
-            reports = session.run.finish_pending(progress)
-        else:
-            reports = [session.run.forget(request_ids(args), reason=args.reason, on_slice=progress)]
+        reports, metrics = commands.forget(session, make_tracker(session.config.tracking), ids, args.reason, progress)
     finally:
         progress.close()
     if not reports:
@@ -112,7 +123,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
               f"retrained {report.retrained or 'nothing'} (shard: slices), "
               f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
               f"purged {report.purged} checkpoint(s)")
-    print(f"test accuracy: {accuracy(session):.4f}")
+    print(f"test accuracy: {metrics['test/acc']:.4f}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -165,10 +176,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_approx(args: argparse.Namespace) -> None:
     method_params = {k.removeprefix("method."): v for k, _, v in (s.partition("=") for s in args.set)
                      if k.startswith("method.")}
-    args.set = [s for s in args.set if not s.startswith("method.")]
     method = approx.create(args.method, **method_params)
     session = _session(args)
-    report = run_approx(session, method, request_ids(args), target=args.target)
+    report = commands.approximate(session, make_tracker(session.config.tracking), method, request_ids(args),
+                                  args.target)
     print(f"{report.method} on the {report.target} model(s) {report.shards}: {len(report.forget_ids)} sample(s), "
           f"{report.samples} samples processed, {report.seconds:.2f} s")
     for key in report.before:
@@ -187,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a setting, e.g. --set sisa.num_shards=8 (repeatable)")
         p.add_argument("--lock-timeout", type=float, default=None,
                        help="seconds to wait for another command on the run dir (default: wait)")
+        p.add_argument("--engine", choices=("ray", "local"), help="shard execution engine (default: ray)")
+        p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
         return p
 
     train = command("train", "Train (or resume training) a SISA ensemble.")

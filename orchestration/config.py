@@ -12,7 +12,7 @@ from typing import Any
 import tomli_w
 
 from sisa import SisaConfig
-from sisa.config import fingerprint, training_settings
+from sisa.config import fingerprint
 
 
 @dataclass(frozen=True)
@@ -50,27 +50,73 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Where and how shards are trained: in this process, or on a Ray cluster."""
+
+    engine: str = "ray"
+    """'ray' (shard actors on a local or existing cluster) or 'local' (one after another in-process)."""
+    address: str = ""
+    """Cluster to join, e.g. 'ray://head:10001' or 'auto'; empty means $RAY_ADDRESS or a new local cluster."""
+    num_cpus_per_shard: float = 1.0
+    """CPUs each shard actor reserves (fractions allowed); also its torch thread count (at least 1)."""
+    num_gpus_per_shard: float = 0.0
+    """GPUs each shard actor reserves (fractions allowed)."""
+    max_workers: int = 0
+    """Most shard actors at once; 0 means as many as the cluster's CPUs allow, at most one per shard."""
+    max_retries: int = 3
+    """Times a shard is retried (its actor restarted) before the command fails."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("ray", "local"):
+            raise ValueError(f"ray.engine must be 'ray' or 'local', got {self.engine!r}")
+        if self.num_cpus_per_shard < 0 or self.num_gpus_per_shard < 0 or self.max_retries < 0 or self.max_workers < 0:
+            raise ValueError("ray.num_cpus_per_shard, num_gpus_per_shard, max_workers and max_retries must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking of every command (only the driver logs)."""
+
+    enabled: bool = True
+    """Log runs to MLflow."""
+    uri: str = ""
+    """Tracking URI; empty means $MLFLOW_TRACKING_URI or sqlite:///<working dir>/mlflow.db."""
+    experiment: str = "unlearn"
+    """MLflow experiment name."""
+    model_name: str = ""
+    """Registered model name of the ensemble; empty means 'unlearn-<run dir name>'."""
+
+
+NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "ray.", "tracking.")
+"""Settings that never change trained weights: a run may change them between commands."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run is made of; saved resolved as `config.toml` in the run directory."""
 
     seed: int = 0
     """Seed every random draw derives from."""
+    store: str = ""
+    """Checkpoint store: a local path or a pyarrow.fs URI (file://, s3://, gs://); empty means <run dir>/checkpoints."""
     data: DataConfig = field(default_factory=DataConfig)
     """The data set."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The constituent architecture."""
     sisa: SisaConfig = field(default_factory=lambda: SisaConfig(epochs=20))
     """The SISA recipe."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Execution engine."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking."""
+
+    def training_settings(self) -> dict[str, Any]:
+        """Dotted key -> value of every setting that changes trained weights."""
+        return {k: v for k, v in self.flat().items() if not k.startswith(NON_TRAINING)}
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes trained weights (not paths, not aggregation)."""
-        data = dataclasses.asdict(self.data)
-        for location in ("root", "cache_dir"):
-            data.pop(location)
-        return fingerprint(
-            {"seed": self.seed, "data": data, "model": dataclasses.asdict(self.model),
-             "sisa": training_settings(self.sisa)}
-        )
+        """Hash of every setting that changes trained weights (not paths, engine or aggregation)."""
+        return fingerprint(self.training_settings())
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict of every setting."""
@@ -178,7 +224,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _build(RunConfig, values, "")
 
 
-def differing_keys(a: RunConfig, b: RunConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    fa, fb = a.flat(), b.flat()
+def differing_training_keys(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys of training settings whose values differ between two configs."""
+    fa, fb = a.training_settings(), b.training_settings()
     return sorted(k for k in fa if fa[k] != fb[k])

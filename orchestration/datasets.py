@@ -77,7 +77,8 @@ def _synthetic(config: DataConfig) -> Split:
     return _holdout(x, labels, config.test_fraction, scale=1.0)
 
 
-def _cache_dir(config: DataConfig) -> Path:
+def cache_dir(config: DataConfig) -> Path:
+    """Where decoded data sets are cached: data.cache_dir, $UNLEARN_CACHE, or ~/.cache/unlearn."""
     base = config.cache_dir or os.environ.get("UNLEARN_CACHE") or Path.home() / ".cache" / "unlearn"
     return Path(base)
 
@@ -89,7 +90,7 @@ def _cached(decode: Callable[[DataConfig], Split]) -> Callable[[DataConfig], Spl
         sources = _sources(config)
         stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources)
         key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-        paths = [_cache_dir(config) / f"{config.name}-{key}-{part}.parquet" for part in ("train", "test")]
+        paths = [cache_dir(config) / f"{config.name}-{key}-{part}.parquet" for part in ("train", "test")]
         if all(p.exists() for p in paths):
             return SampleTable.read_parquet(paths[0]), SampleTable.read_parquet(paths[1])
         log.info("decoding %s from %s (cached afterwards in %s)", config.name, config.root, paths[0].parent)

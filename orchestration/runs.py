@@ -6,7 +6,9 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.config import RunConfig, differing_keys, load_config
+from orchestration.actors import FaultSpec
+from orchestration.cluster import RayExecutor
+from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model
 from sisa import SampleTable, SisaRun
@@ -39,8 +41,8 @@ def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str],
         return load_config(config_path, overrides)
     stored = load_config(saved)
     given = load_config(config_path, overrides, base=None if config_path else stored.to_dict())
-    if given.fingerprint() != stored.fingerprint():
-        keys = [k for k in differing_keys(stored, given) if k.split(".")[-1] not in ("root", "cache_dir", "aggregation")]
+    keys = differing_training_keys(stored, given)
+    if keys:
         flat_s, flat_g = stored.flat(), given.flat()
         changes = ", ".join(f"{k}: {flat_s[k]!r} -> {flat_g[k]!r}" for k in keys)
         raise ConfigMismatchError(f"{run_dir} was made with another config ({changes}); "
@@ -49,14 +51,17 @@ def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str],
 
 
 def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
-                 create: bool = False, lock_timeout: float | None = None) -> Session:
+                 create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
     """Open (or, with `create`, make) the run in `run_dir`."""
     run_dir = Path(run_dir)
     config = resolve_config(run_dir, config_path, overrides or [], create)
     train, test = load_dataset(config.data)
     factory = functools.partial(build_model, config.model, train.sample_shape, max(train.num_classes, test.num_classes))
     factory()  # fail on a bad model/data combination before anything is written
-    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), lock_timeout=lock_timeout)
+    store_uri = config.store or str(run_dir.resolve() / "checkpoints")
+    executor = RayExecutor(config, store_uri, fault) if config.ray.engine == "ray" else None
+    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), store_uri=store_uri,
+                  executor=executor, lock_timeout=lock_timeout)
     if not (run_dir / CONFIG_FILE).exists():
         config.save(run_dir / CONFIG_FILE)
     return Session(config, run, test)

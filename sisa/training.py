@@ -29,6 +29,8 @@ from sisa.store import CheckpointStore
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[[], nn.Module]
+BatchHook = Callable[[int, int, int, int], None]
+"""Called before every training batch with (shard, slice, epoch, batch number)."""
 
 
 @dataclass(frozen=True)
@@ -112,15 +114,18 @@ class ShardTrainer:
         store: CheckpointStore,
         fingerprint: str,
         seed: int,
+        on_batch: BatchHook | None = None,
     ) -> None:
         """Args: the training data, a factory of fresh models, the recipe, the checkpoint store,
-        the run's fingerprint (part of every checkpoint key) and the seed."""
+        the run's fingerprint (part of every checkpoint key), the seed, and an optional hook run
+        before every batch (progress reporting, fault injection in tests)."""
         self.table = table
         self.model_factory = model_factory
         self.config = config
         self.store = store
         self.fingerprint = fingerprint
         self.seed = seed
+        self.on_batch = on_batch
 
     def new_model(self, shard: int) -> nn.Module:
         """The shard's initial model: a pure function of (seed, shard)."""
@@ -186,7 +191,9 @@ class ShardTrainer:
             order = torch.randperm(len(ids), generator=generator(self.seed, shard, slice_, epoch))
             loss_sum, correct = 0.0, 0
             with seeded(self.seed, "dropout", shard, slice_, epoch):
-                for batch in _batches(order, self.config.batch_size):
+                for number, batch in enumerate(_batches(order, self.config.batch_size)):
+                    if self.on_batch is not None:
+                        self.on_batch(shard, slice_, epoch, number)
                     logits = model(x[batch])  # (batch, classes)
                     loss = nn.functional.cross_entropy(logits, y[batch])
                     optimizer.zero_grad(set_to_none=True)

@@ -25,8 +25,20 @@ def shared_data(name: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Decoded data sets are cached per test session, never in the user's home directory.
+    # Decoded data sets and MLflow runs go to the test session's folder, never the user's.
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp() / 'mlflow.db'}")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, no dashboard) shared by every Ray test."""
+    from orchestration.cluster import ensure_ray
+
+    ray = ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
 
 
 def make_table(n: int = 240, features: int = 6, classes: int = 3, seed: int = 0) -> SampleTable:

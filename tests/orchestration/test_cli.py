@@ -14,7 +14,8 @@ from sisa import CheckpointStore
 from sisa.unlearning import audit
 from tests.conftest import shared_data
 
-FAST = ["--set", "sisa.epochs=4", "--set", "sisa.num_shards=3", "--set", "sisa.num_slices=2"]
+FAST = ["--set", "sisa.epochs=4", "--set", "sisa.num_shards=3", "--set", "sisa.num_slices=2", "--engine", "local",
+        "--no-track"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -77,7 +78,8 @@ def test_existing_run_dir_refuses_another_training_config(digits_run, capsys):
 def test_train_and_forget_on_mnist_from_shared_data(tmp_path, capsys):
     root = shared_data("mnist")
     run_dir = str(tmp_path / "mnist")
-    settings = ["--set", "data.name=mnist", "--set", f"data.root={root}", "--set", "data.train_limit=3000",
+    settings = ["--engine", "local", "--no-track", "--set", "data.name=mnist", "--set", f"data.root={root}",
+                "--set", "data.train_limit=3000",
                 "--set", "model.name=mlp", "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=2",
                 "--set", "sisa.epochs=4"]
     code, out, _ = run_cli(capsys, "train", "--run-dir", run_dir, *settings)

@@ -1,0 +1,114 @@
+"""Ray: start or join a cluster, run shard jobs on ShardWorker actors, turn failures into own errors.
+
+Actors are created once per command and reused for every shard they are given; a shard job
+whose actor dies is retried on the restarted actor and resumes from its last slice checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import deque
+
+from orchestration.actors import FaultSpec, ShardWorker
+from orchestration.config import RunConfig
+from orchestration.datasets import cache_dir
+from sisa import ShardJob, ShardReport, SisaError
+from sisa.ensemble import OnSlice
+
+log = logging.getLogger(__name__)
+
+
+class ShardFailedError(SisaError):
+    """A shard kept failing after all retries; rerunning the command finishes the work."""
+
+
+def ensure_ray(address: str = "", num_cpus: int | None = None):  # noqa: ANN201 - the ray module
+    """Import ray and connect: to `address` or $RAY_ADDRESS if set, else a new local cluster."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster needs no token
+    import ray
+
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=target, num_cpus=None if target else num_cpus, include_dashboard=False,
+                 log_to_driver=True, logging_level=logging.WARNING)
+    return ray
+
+
+class RayExecutor:
+    """Runs shard jobs on a pool of ShardWorker actors (at most one per shard)."""
+
+    def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None) -> None:
+        """Prepare the pool; Ray is started or joined on the first job, not before."""
+        self.ray = None
+        data = dataclasses.replace(config.data, cache_dir=str(cache_dir(config.data)))
+        self.config = dataclasses.replace(config, data=data)
+        self.store_uri, self.fault = store_uri, fault
+        self._actors: list = []
+
+    def pool_size(self) -> int:
+        """Actors to use: max_workers, or as many as the cluster's CPUs hold, at most one per shard."""
+        self.ray = self.ray or ensure_ray(self.config.ray.address)
+        r = self.config.ray
+        if r.max_workers:
+            size = r.max_workers
+        elif r.num_cpus_per_shard > 0:
+            size = int(self.ray.cluster_resources().get("CPU", 1) // r.num_cpus_per_shard)
+        else:
+            size = self.config.sisa.num_shards
+        return max(1, min(size, self.config.sisa.num_shards))
+
+    def close(self) -> None:
+        """Stop the pool's actors (they also stop when the executor is garbage-collected)."""
+        for actor in self._actors:
+            self.ray.kill(actor)
+        self._actors.clear()
+
+    def _actor(self, index: int):  # noqa: ANN202 - a Ray actor handle
+        while len(self._actors) <= index:
+            r = self.config.ray
+            remote = self.ray.remote(ShardWorker).options(
+                num_cpus=r.num_cpus_per_shard, num_gpus=r.num_gpus_per_shard, max_restarts=r.max_retries,
+                max_task_retries=r.max_retries,
+            )
+            self._actors.append(remote.remote(self.config, self.store_uri, self.fault))
+        return self._actors[index]
+
+    def __call__(self, jobs: list[ShardJob], on_slice: OnSlice = None) -> list[ShardReport]:
+        """Train `jobs` in parallel, collecting results as shards finish.
+
+        A job whose actor dies is retried by Ray on the restarted actor (max_restarts and
+        max_task_retries are both `ray.max_retries`) and resumes from its last slice checkpoint.
+        """
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending, idle = deque(jobs), list(range(min(self.pool_size(), len(jobs))))
+        in_flight: dict = {}
+        reports: dict[int, ShardReport] = {}
+        failed: tuple[int, BaseException] | None = None
+        while in_flight or (pending and failed is None):
+            while pending and idle and failed is None:
+                index, job = idle.pop(), pending.popleft()
+                in_flight[self._actor(index).train.remote(job)] = (index, job)
+            [ref], _ = self.ray.wait(list(in_flight), num_returns=1)
+            index, job = in_flight.pop(ref)
+            try:
+                report = self.ray.get(ref)
+            except (RayActorError, RayTaskError) as err:
+                # Let the other shards finish (their checkpoints are kept) before failing.
+                failed = failed or (job.shard, err)
+                continue
+            idle.append(index)
+            reports[job.shard] = report
+            for result in report.slices:
+                if on_slice is not None:
+                    on_slice(result)
+        if failed is not None:
+            shard, err = failed
+            raise ShardFailedError(
+                f"shard {shard} failed after {self.config.ray.max_retries} retries: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}. Its finished slices are checkpointed and any "
+                "request stays pending in the ledger: rerun the command to complete the work."
+            )
+        return [reports[job.shard] for job in jobs]

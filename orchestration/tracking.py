@@ -1,0 +1,148 @@
+"""Experiment tracking: a Tracker protocol, its MLflow implementation (driver only) and test doubles.
+
+One parent run per command, a child run per shard (or method); params are the flattened resolved
+config; metrics are namespaced (`slice/loss`, `test/acc`, `time/train_s`, `cost/samples_epochs`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestration.config import TrackingConfig
+from sisa import ShardReport
+
+
+class Tracker(Protocol):
+    """Where a command's params, metrics, artifacts and models go."""
+
+    def run(self, name: str, params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None) -> Any:
+        """Context manager of a run; nested inside an open run it is a child run."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Metrics of the innermost open run."""
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        """A JSON artifact of the innermost open run."""
+
+    def log_artifact(self, path: str | Path) -> None:
+        """A file artifact of the innermost open run."""
+
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
+        """Log the ensemble exported in `folder` as a model version; returns its URI."""
+
+
+@dataclass
+class RecordedRun:
+    """A run as kept by MemoryTracker."""
+
+    name: str
+    parent: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class MemoryTracker:
+    """Keeps everything in memory; for tests and for `tracking.enabled = false`."""
+
+    def __init__(self) -> None:
+        self.runs: list[RecordedRun] = []
+        self._open: list[RecordedRun] = []
+
+    @contextmanager
+    def run(self, name: str, params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None) -> Iterator[RecordedRun]:
+        record = RecordedRun(name, self._open[-1].name if self._open else None, dict(params or {}), dict(tags or {}))
+        self.runs.append(record)
+        self._open.append(record)
+        try:
+            yield record
+        finally:
+            self._open.pop()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self._open[-1].metrics.setdefault(key, []).append((step, float(value)))
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self._open[-1].artifacts[artifact_file] = data
+
+    def log_artifact(self, path: str | Path) -> None:
+        self._open[-1].artifacts[Path(path).name] = Path(path).read_bytes()
+
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
+        self._open[-1].artifacts["model"] = sorted(p.name for p in folder.iterdir())
+        return None
+
+
+class MlflowTracker:
+    """Logs to MLflow; imported lazily so commands without tracking never load mlflow."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        self.mlflow = mlflow
+        uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(config.experiment)
+
+    @contextmanager
+    def run(self, name: str, params: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+        nested = self.mlflow.active_run() is not None
+        with self.mlflow.start_run(run_name=name, nested=nested, tags=dict(tags or {})) as active:
+            if params:
+                self.mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+            yield active
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.mlflow.log_dict(data, artifact_file)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.mlflow.log_artifact(str(path))
+
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
+        from orchestration.pyfunc import log_ensemble
+
+        return log_ensemble(self.mlflow, folder, model_name, tags)
+
+
+def make_tracker(config: TrackingConfig) -> Tracker:
+    """MLflow when tracking is enabled, else an in-memory tracker that nothing reads."""
+    return MlflowTracker(config) if config.enabled else MemoryTracker()
+
+
+def log_shard_runs(tracker: Tracker, reports: list[ShardReport]) -> None:
+    """A child run per shard with its per-slice metrics (step = slice)."""
+    for report in reports:
+        params = {"shard": report.shard, "resumed_from": report.resumed_from, "slices_trained": len(report.slices)}
+        with tracker.run(f"shard-{report.shard:03d}", params=params, tags={"shard": str(report.shard)}):
+            for s in report.slices:
+                tracker.log_metrics({"slice/loss": s.loss, "slice/acc": s.accuracy, "slice/seconds": s.seconds,
+                                     "slice/samples": s.num_samples, "slice/samples_epochs": s.samples_epochs},
+                                    step=s.slice)
+
+
+def write_json(folder: Path, name: str, data: Any) -> Path:
+    """Write `data` as JSON into `folder`, returning the path."""
+    path = folder / name
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    """A temporary folder for artifacts being exported."""
+    return tempfile.TemporaryDirectory(prefix="unlearn-")

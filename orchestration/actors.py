@@ -1,8 +1,8 @@
 """ShardWorker: the plain class that trains shards; `cluster.py` makes it a Ray actor.
 
-A worker rebuilds everything it needs from the run's config (data from the Parquet cache,
-models by name) and shares checkpoints with the driver through the store URI, so it can run
-on any node that sees the data and the store.
+A worker gets the training data from the driver (or loads it from the config), rebuilds models
+by name, and shares checkpoints with the driver through the store URI, so it can run on any node
+that reaches the store.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model
-from sisa import CheckpointStore, ShardJob, ShardReport, ShardTrainer
+from sisa import CheckpointStore, SampleTable, ShardJob, ShardReport, ShardTrainer
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,18 @@ class FaultSpec:
 class ShardWorker:
     """Trains shard jobs of one run; holds the training data in memory between jobs."""
 
-    def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None) -> None:
-        """Load the data and build a ShardTrainer; torch threads follow the CPUs reserved per shard."""
+    def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
+                 train: SampleTable | None = None, num_classes: int | None = None) -> None:
+        """Build a ShardTrainer; torch threads follow the CPUs reserved per shard.
+
+        The training data comes from the driver when given (through Ray's object store, so no
+        worker re-reads or re-decodes it), else it is loaded from the config.
+        """
         torch.set_num_threads(max(1, round(config.ray.num_cpus_per_shard)))
-        train, test = load_dataset(config.data)
-        factory = functools.partial(build_model, config.model, train.sample_shape,
-                                    max(train.num_classes, test.num_classes))
+        if train is None or num_classes is None:
+            train, test = load_dataset(config.data)
+            num_classes = max(train.num_classes, test.num_classes)
+        factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
         self.trainer = ShardTrainer(train, factory, config.sisa, CheckpointStore(store_uri), config.fingerprint(),
                                     config.seed, on_batch=fault)
 

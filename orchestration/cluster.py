@@ -14,7 +14,7 @@ from collections import deque
 from orchestration.actors import FaultSpec, ShardWorker
 from orchestration.config import RunConfig
 from orchestration.datasets import cache_dir
-from sisa import ShardJob, ShardReport, SisaError
+from sisa import SampleTable, ShardJob, ShardReport, SisaError
 from sisa.ensemble import OnSlice
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ def ensure_ray(address: str = "", num_cpus: int | None = None):  # noqa: ANN201 
 class RayExecutor:
     """Runs shard jobs on a pool of ShardWorker actors (at most one per shard)."""
 
-    def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None) -> None:
-        """Prepare the pool; Ray is started or joined on the first job, not before."""
+    def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
+                 train: SampleTable | None = None, num_classes: int | None = None) -> None:
+        """Prepare the pool; Ray is started or joined, and the data shared, on the first job."""
         self.ray = None
+        self.train, self.num_classes, self._train_ref = train, num_classes, None
         data = dataclasses.replace(config.data, cache_dir=str(cache_dir(config.data)))
         self.config = dataclasses.replace(config, data=data)
         self.store_uri, self.fault = store_uri, fault
@@ -72,7 +74,10 @@ class RayExecutor:
                 num_cpus=r.num_cpus_per_shard, num_gpus=r.num_gpus_per_shard, max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             )
-            self._actors.append(remote.remote(self.config, self.store_uri, self.fault))
+            if self.train is not None and self._train_ref is None:
+                self._train_ref = self.ray.put(self.train)  # once; every actor maps the same copy
+            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self._train_ref,
+                                              self.num_classes))
         return self._actors[index]
 
     def __call__(self, jobs: list[ShardJob], on_slice: OnSlice = None) -> list[ShardReport]:

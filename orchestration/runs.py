@@ -56,10 +56,11 @@ def open_session(run_dir: str | Path, config_path: str | None = None, overrides:
     run_dir = Path(run_dir)
     config = resolve_config(run_dir, config_path, overrides or [], create)
     train, test = load_dataset(config.data)
-    factory = functools.partial(build_model, config.model, train.sample_shape, max(train.num_classes, test.num_classes))
+    num_classes = max(train.num_classes, test.num_classes)
+    factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()  # fail on a bad model/data combination before anything is written
     store_uri = config.store or str(run_dir.resolve() / "checkpoints")
-    executor = RayExecutor(config, store_uri, fault) if config.ray.engine == "ray" else None
+    executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), store_uri=store_uri,
                   executor=executor, lock_timeout=lock_timeout)
     if not (run_dir / CONFIG_FILE).exists():

@@ -85,6 +85,11 @@ class SampleTable:
         pq.write_table(self.table, tmp)
         tmp.replace(path)
 
+    def __reduce__(self) -> tuple:
+        # Pickle the Arrow table alone: its buffers travel zero-copy (e.g. through Ray's object
+        # store) and the NumPy views are rebuilt on arrival.
+        return SampleTable, (self.table,)
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -8,6 +8,7 @@ Loading needs this package installed (it rebuilds the architectures by name).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,17 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
 def log_ensemble(client: Any, folder: Path, model_name: str, tags: Mapping[str, str]) -> str:
     """Log the exported ensemble as a pyfunc model, register a new version, tag it; returns its URI."""
-    info = client.pyfunc.log_model(
-        name="ensemble",
-        python_model=EnsembleModel(),
-        artifacts={"ensemble": str(folder)},
-        input_example=np.load(folder / "example.npy"),
-        registered_model_name=model_name,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyarrow", "scikit-learn"],
-    )
+    with warnings.catch_warnings():
+        # MLflow suggests type hints on predict; the signature comes from the input example instead.
+        warnings.simplefilter("ignore", UserWarning)
+        info = client.pyfunc.log_model(
+            name="ensemble",
+            python_model=EnsembleModel(),
+            artifacts={"ensemble": str(folder)},
+            input_example=np.load(folder / "example.npy"),
+            registered_model_name=model_name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyarrow", "scikit-learn"],
+        )
     version = info.registered_model_version
     registry = client.MlflowClient()
     for key, value in tags.items():

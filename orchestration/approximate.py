@@ -79,7 +79,7 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
         in_shard = plan.sample_ids[plan.shard == shard]
         forget, retain = np.intersect1d(in_shard, ids), np.setdiff1d(in_shard, ids)
         result = approx.unlearn(models[shard_of[shard]], copy.deepcopy(method), run.table.tensors(forget),
-                                run.table.tensors(retain), num_classes=int(sets["test"][1].max()) + 1,
+                                run.table.tensors(retain), num_classes=session.num_classes,
                                 seed=session.config.seed, device=session.config.sisa.device)
         report.samples += result.samples
     report.seconds = time.perf_counter() - began

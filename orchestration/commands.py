@@ -19,7 +19,7 @@ import torch
 import approx
 from orchestration.approximate import ApproxReport, run_approx
 from orchestration.runs import Session
-from orchestration.status import accuracy
+from orchestration.status import accuracies
 from orchestration.tracking import Tracker, log_shard_runs, scratch_dir, write_json
 from sisa import DeletionReport, ShardReport, SisaError
 from sisa.ensemble import OnSlice
@@ -34,7 +34,7 @@ def export_ensemble(session: Session, folder: Path) -> Path:
     for shard, model in constituents:
         torch.save(model.state_dict(), folder / f"shard-{shard:03d}.pt")
     session.config.save(folder / "config.toml")
-    meta = {"sample_shape": list(session.run.table.sample_shape), "num_classes": session.test.num_classes,
+    meta = {"sample_shape": list(session.run.table.sample_shape), "num_classes": session.num_classes,
             "aggregation": session.config.sisa.aggregation, "shards": [s for s, _ in constituents]}
     (folder / "meta.json").write_text(json.dumps(meta))
     x, _ = session.test.tensors(session.test.ids[:2])
@@ -71,7 +71,9 @@ def _log_model(tracker: Tracker, session: Session, tags: dict[str, str]) -> str 
 
 
 def _ensemble_metrics(session: Session, reports: list[ShardReport], seconds: float) -> dict[str, float]:
-    return {"test/acc": accuracy(session, "vote"), "test/acc_mean": accuracy(session, "mean"),
+    test = accuracies(session)
+    return {"test/acc": test[session.config.sisa.aggregation], "test/acc_vote": test["vote"],
+            "test/acc_mean": test["mean"],
             "time/wall_s": seconds, "time/train_s": sum(r.seconds for r in reports),
             "cost/samples_epochs": sum(r.samples_epochs for r in reports),
             "cost/slices_trained": sum(len(r.slices) for r in reports), "store/bytes": session.run.store.nbytes()}

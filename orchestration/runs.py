@@ -24,6 +24,8 @@ class Session:
     config: RunConfig
     run: SisaRun
     test: SampleTable
+    num_classes: int
+    """Classes the constituent models output (the larger of the train and test splits' counts)."""
 
 
 def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str], create: bool) -> RunConfig:
@@ -65,4 +67,4 @@ def open_session(run_dir: str | Path, config_path: str | None = None, overrides:
                   executor=executor, lock_timeout=lock_timeout)
     if not (run_dir / CONFIG_FILE).exists():
         config.save(run_dir / CONFIG_FILE)
-    return Session(config, run, test)
+    return Session(config, run, test, num_classes)

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from orchestration.runs import Session
-from sisa import SisaError
+from sisa import SisaError, aggregate
+from sisa.config import AGGREGATIONS
 from sisa.plan import slice_keys
 
 
-def accuracy(session: Session, how: str | None = None) -> float:
-    """Test accuracy of the ensemble ('vote' or 'mean'; default the config's aggregation)."""
+def accuracies(session: Session) -> dict[str, float]:
+    """Test accuracy of the ensemble under each aggregation; constituents are loaded and run once."""
     x, labels = session.test.tensors()
-    return (session.run.predict(x, how) == labels).double().mean().item()
+    logits = session.run.logits(x)
+    return {how: (aggregate(logits, how) == labels).double().mean().item() for how in AGGREGATIONS}
 
 
 def describe(session: Session) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def describe(session: Session) -> dict[str, Any]:
         "requests": requests,
     }
     try:
-        info["test accuracy"] = {how: round(accuracy(session, how), 4) for how in ("vote", "mean")}
+        info["test accuracy"] = {how: round(value, 4) for how, value in accuracies(session).items()}
     except SisaError as err:
         info["test accuracy"] = f"unavailable: {err}"
     return info

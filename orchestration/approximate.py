@@ -18,7 +18,8 @@ from torch import nn
 
 import approx
 from orchestration.runs import Session
-from sisa import SisaRun, aggregate
+from sisa import SampleTable, SisaRun, aggregate
+from sisa.plan import ShardPlan
 from sisa.unlearning import validate_request
 
 
@@ -68,24 +69,38 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
     plan = base.plan()
     constituents = base.constituents()
     models = [copy.deepcopy(m) for _, m in constituents]
-    shard_of = {shard: i for i, (shard, _) in enumerate(constituents)}
     retained = np.setdiff1d(plan.sample_ids, ids)
     how = "vote" if target == "single" else session.config.sisa.aggregation
     sets = {"forget": run.table.tensors(ids), "retain": run.table.tensors(retained), "test": session.test.tensors()}
     report = ApproxReport(method.name, target, ids, shards=sorted(set(plan.locate(ids)[0].tolist())))
     report.before = _accuracies(models, how, sets)
     began = time.perf_counter()
-    for shard in report.shards:
-        in_shard = plan.sample_ids[plan.shard == shard]
-        forget, retain = np.intersect1d(in_shard, ids), np.setdiff1d(in_shard, ids)
-        result = approx.unlearn(models[shard_of[shard]], copy.deepcopy(method), run.table.tensors(forget),
-                                run.table.tensors(retain), num_classes=session.num_classes,
-                                seed=session.config.seed, device=session.config.sisa.device)
-        report.samples += result.samples
+    report.samples = unlearn_constituents({s: m for (s, _), m in zip(constituents, models)}, plan, run.table, ids, method,
+                                          session.num_classes, session.config.seed, session.config.sisa.device)
     report.seconds = time.perf_counter() - began
     report.after = _accuracies(models, how, sets)
     report.saved_to = str(_save(run.run_dir, report, models, [s for s, _ in constituents]))
     return report
+
+
+def unlearn_constituents(models: dict[int, nn.Module], plan: ShardPlan, table: SampleTable, ids: np.ndarray,
+                         method: approx.UnlearningMethod, num_classes: int, seed: int, device: str,
+                         forgotten: np.ndarray | None = None) -> int:
+    """Run `method` in place on the constituent of every shard holding some of `ids`; returns samples processed.
+
+    A shard's forget set is its share of `ids`; its retain set is the rest of the shard, less
+    `forgotten` (ids unlearned by earlier requests, which must not be trained on again).
+    """
+    shards = np.unique(plan.locate(ids)[0])
+    samples = 0
+    for shard in shards.tolist():
+        in_shard = plan.sample_ids[plan.shard == shard]
+        forget = np.intersect1d(in_shard, ids)
+        retain = np.setdiff1d(np.setdiff1d(in_shard, ids), forgotten if forgotten is not None else [])
+        result = approx.unlearn(models[shard], copy.deepcopy(method), table.tensors(forget), table.tensors(retain),
+                                num_classes=num_classes, seed=seed, device=device)
+        samples += result.samples
+    return samples
 
 
 def _save(run_dir: Path, report: ApproxReport, models: list[nn.Module], shards: list[int]) -> Path:

@@ -1,8 +1,9 @@
-"""The `unlearn` command line: train, forget, status, predict, methods, approx."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -18,6 +19,9 @@ from tqdm import tqdm
 import approx
 from approx.registry import parameters
 from orchestration import commands
+from orchestration.bench import create_methods
+from orchestration.bench_report import markdown_table
+from orchestration.config import RunConfig, load_config
 from orchestration.runs import Session, open_session
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
@@ -187,6 +191,34 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print(f"unlearned model(s) written to {report.saved_to} (the exact SISA checkpoints are unchanged)")
 
 
+def quick(config: RunConfig) -> RunConfig:
+    """`--quick`: the same bench, shrunk to run in CI: 2 seeds, at most 5 epochs, 2000 samples, 3 cost-curve requests."""
+    limit = min(config.data.train_limit or 2000, 2000)
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, train_limit=limit),
+        sisa=dataclasses.replace(config.sisa, epochs=min(config.sisa.epochs, 5)),
+        bench=dataclasses.replace(config.bench, seeds=config.bench.seeds[:2] if len(config.bench.seeds) > 1 else (0, 1),
+                                  cost_requests=min(config.bench.cost_requests, 3)))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    config = load_config(args.config, _overrides(args))
+    if args.quick:
+        config = quick(config)
+    steps = len(config.bench.seeds) * (4 + len(create_methods(config.bench)) * len(config.bench.targets))
+    bar = tqdm(total=steps, desc="bench", unit="step", dynamic_ncols=True, leave=False, disable=None)
+    try:
+        result = commands.bench(config, Path(args.out), make_tracker(config.tracking),
+                                lambda what: (bar.set_postfix_str(what), bar.update()))
+    finally:
+        bar.close()
+    b = config.bench
+    print(f"{config.data.name}, {config.model.name}, scenario {b.scenario}, {len(result.rows[0].forget_stat)} sample(s) "
+          f"forgotten, seeds {list(b.seeds)}; metrics in %, mean ± std over seeds, gaps measured to retraining")
+    print(markdown_table(result.summary))
+    print(f"tables and plots written to {args.out}: " + ", ".join(p.name for p in result.files))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description="Exact (SISA) and approximate machine unlearning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     approx_.add_argument("--target", choices=("ensemble", "single"), default="ensemble",
                          help="the SISA ensemble's affected constituents, or a single model trained on all data")
     approx_.set_defaults(func=cmd_approx)
+    bench = sub.add_parser("bench", help="Compare retraining, SISA and approximate methods (see configs/).",
+                           description="Train, unlearn and score every method against retraining, over several "
+                                       "seeds; print the table and write tables and plots. With no arguments: a "
+                                       "quick run on the embedded digits data set.")
+    bench.add_argument("--config", help="TOML config file with a [bench] section (see configs/bench-*.toml)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set bench.scenario=class (repeatable)")
+    bench.add_argument("--out", default="runs/bench", help="where runs, tables and plots go (default runs/bench)")
+    bench.add_argument("--quick", action="store_true", help="shrink the bench to a CI-sized run")
+    bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    bench.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -87,7 +87,51 @@ class TrackingConfig:
     """Registered model name of the ensemble; empty means 'unlearn-<run dir name>'."""
 
 
-NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "ray.", "tracking.")
+SCENARIOS = ("random", "class", "stream")
+TARGETS = ("single", "ensemble")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `unlearn bench` compares: which samples are forgotten, by which methods, over which seeds."""
+
+    scenario: str = "random"
+    """'random' (forget_fraction of the training samples), 'class' (every sample of forget_class) or
+    'stream' (stream_requests single-sample requests, served one after another)."""
+    forget_fraction: float = 0.1
+    """Share of the training samples forgotten in the 'random' scenario."""
+    forget_class: int = 0
+    """Label whose samples are forgotten in the 'class' scenario."""
+    stream_requests: int = 5
+    """Requests in the 'stream' scenario."""
+    forget_seed: int = 0
+    """Seed of the forget-set draw, the same for every model seed so forget quality compares the same samples."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Model seeds; every metric is reported as mean and std over them, and forget quality uses one model per seed."""
+    methods: tuple[str, ...] = ()
+    """Approximate methods to run (see `unlearn methods`); empty means all."""
+    targets: tuple[str, ...] = TARGETS
+    """Run approximate methods on the 'single' model, the SISA 'ensemble' (affected constituents), or both."""
+    cost_requests: int = 8
+    """Single-sample requests a copy of the first seed's ensemble serves for the cost-vs-requests curve (0 skips it)."""
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Method hyperparameters replacing the defaults, e.g. [bench.params.gradient_ascent] lr = 1e-3."""
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"bench.scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+        if not 0 < self.forget_fraction < 1:
+            raise ValueError(f"bench.forget_fraction must be between 0 and 1 (exclusive), got {self.forget_fraction}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"bench.seeds must be distinct and at least one, got {list(self.seeds)}")
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or not self.targets:
+            raise ValueError(f"bench.targets must be a non-empty subset of {list(TARGETS)}, got {list(self.targets)}")
+        if self.stream_requests < 1 or self.cost_requests < 0:
+            raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
+
+
+NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "ray.", "tracking.", "bench.")
 """Settings that never change trained weights: a run may change them between commands."""
 
 
@@ -109,6 +153,8 @@ class RunConfig:
     """Execution engine."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    """What `unlearn bench` compares."""
 
     def training_settings(self) -> dict[str, Any]:
         """Dotted key -> value of every setting that changes trained weights."""
@@ -163,7 +209,17 @@ def _build(cls: type, values: dict[str, Any], where: str, default: Any = None) -
 _KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _coerce(value: Any, hint: type, key: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:  # a list: from TOML, or "a,b" from --set
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], f"{key}[{i}]") for i, v in enumerate(items))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} is a table; give it as [{key}.NAME] or --set {key}.NAME.KEY=VALUE")
+        return value
     if isinstance(value, str) and hint is not str:
         text = value.strip()
         try:

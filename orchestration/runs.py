@@ -57,7 +57,14 @@ def open_session(run_dir: str | Path, config_path: str | None = None, overrides:
     """Open (or, with `create`, make) the run in `run_dir`."""
     run_dir = Path(run_dir)
     config = resolve_config(run_dir, config_path, overrides or [], create)
-    train, test = load_dataset(config.data)
+    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault)
+
+
+def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
+             lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
+    """Open the run in `run_dir` with an already resolved config; `data` = (train, test) if already loaded."""
+    run_dir = Path(run_dir)
+    train, test = data or load_dataset(config.data)
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()  # fail on a bad model/data combination before anything is written

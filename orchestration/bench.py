@@ -96,6 +96,7 @@ class SeedBench:
         self.seed, self.requests, self.on_step = seed, requests, on_step or (lambda _: None)
         self.config = dataclasses.replace(config, seed=seed)
         self.dir = out / f"seed-{seed}"
+        shutil.rmtree(self.dir, ignore_errors=True)  # a rerun trains afresh, so training costs are real
         self.session: Session = open_run(self.dir / "ensemble", self.config, data)
         self.forget_ids = np.sort(np.concatenate(requests))
         table = self.session.run.table

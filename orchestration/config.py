@@ -131,7 +131,8 @@ class BenchConfig:
             raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
 
 
-NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "ray.", "tracking.", "bench.")
+NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.",
+                "bench.")
 """Settings that never change trained weights: a run may change them between commands."""
 
 

@@ -33,9 +33,13 @@ class SisaConfig:
     """How constituent outputs are combined: 'vote' (label majority) or 'mean' (mean posterior)."""
     device: str = "cpu"
     """Torch device for training; exactness is guaranteed (and tested) on 'cpu'."""
+    checkpoint_every: int = 1
+    """Store the checkpoint of every k-th slice only (and always the last): fewer bytes, while a
+    deletion resumes from the deepest stored checkpoint before its slice, so it may retrain more
+    slices. Weights, and so exactness, do not depend on it."""
 
     def __post_init__(self) -> None:
-        for name in ("num_shards", "num_slices", "epochs", "batch_size"):
+        for name in ("num_shards", "num_slices", "epochs", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sisa.{name} must be a positive integer, got {value!r}")
@@ -58,6 +62,10 @@ class SisaConfig:
         """
         return max(1, round(2 * self.epochs / (self.num_slices + 1)))
 
+    def stores_slice(self, slice_: int) -> bool:
+        """Whether the checkpoint after `slice_` (0-based) is kept (see checkpoint_every)."""
+        return slice_ == self.num_slices - 1 or (slice_ + 1) % self.checkpoint_every == 0
+
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """A stable hash of everything that determines training (config, model, data, seed).
@@ -73,7 +81,8 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 
 
 def training_settings(config: SisaConfig) -> dict[str, Any]:
-    """The part of a SisaConfig that changes trained weights (aggregation does not)."""
+    """The part of a SisaConfig that changes trained weights (aggregation and checkpoint_every do not)."""
     settings = asdict(config)
     settings.pop("aggregation")
+    settings.pop("checkpoint_every")
     return settings

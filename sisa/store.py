@@ -180,6 +180,6 @@ class CheckpointStore:
                 self.fs.delete_file(info.path)
         return removed
 
-    def nbytes(self) -> int:
-        """Total bytes of every file in the store."""
-        return sum(info.size for info in self._files(None))
+    def nbytes(self, suffix: str = "") -> int:
+        """Total bytes of the store's files (those whose names end with `suffix`, e.g. '.json')."""
+        return sum(info.size for info in self._files(None) if info.path.endswith(suffix))

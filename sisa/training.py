@@ -166,16 +166,23 @@ class ShardTrainer:
             for r in range(start + 1, len(keys)):
                 seen = np.sort(np.concatenate([seen, job.slice_ids[r]]))
                 result = self._train_slice(model, optimizer, job.shard, r, seen)
-                state = {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "counters": {"shard": job.shard, "slice": r, "num_samples": len(seen)},
-                }
-                self.store.save(job.shard, r, keys[r], state, seen, self.fingerprint)
+                if self.config.stores_slice(r):
+                    self.store.save(job.shard, r, keys[r], self._state(model, optimizer, job.shard, r, len(seen)),
+                                    seen, self.fingerprint)
                 report.slices.append(result)
                 if on_slice is not None:
                     on_slice(result)
         return report
+
+    def _state(self, model: nn.Module, optimizer: torch.optim.Optimizer, shard: int, slice_: int,
+               num_samples: int) -> dict:
+        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "counters": {"shard": shard, "slice": slice_, "num_samples": num_samples}}
+        # Training only ever resumes from a slice before the last, so the last slice's checkpoint
+        # (read to predict) does without the optimizer state, as large again as the model.
+        if slice_ < self.config.num_slices - 1:
+            state["optimizer"] = optimizer.state_dict()
+        return state
 
     def _train_slice(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, shard: int, slice_: int, ids: np.ndarray

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import parallel
+from benchmarks import deletion, overhead, parallel, storage
 
 
 @pytest.mark.ray
@@ -17,3 +17,38 @@ def test_parallel_benchmark_quick_mode_writes_its_results(tmp_path, ray_cluster)
     assert all(value > 0 for value in saved["median_s"].values())
     assert saved["samples_epochs"] == results["samples_epochs"] > 0
     assert results["speedup_2w_over_1w"] == pytest.approx(saved["median_s"]["ray-1w"] / saved["median_s"]["ray-2w"])
+
+
+def test_expected_deletion_cost_of_one_id_is_the_sisa_papers_fraction():
+    # n=1200, S=4, R=3, e'=2: a shard of 300 trains cumulative slices of 100, 200, 300 samples for 2
+    # epochs each; an id in slice k retrains slices k..3: (200+400+600, 400+600, 600) averaged over k
+    # = 2800/3, which is (n/S) e' (R+1)(2R+1)/(6R) = 300*2*4*7/18.
+    assert deletion.expected_samples_epochs(1200, 4, 3, 2, 1) == pytest.approx(2800 / 3)
+    assert storage.expected_single_deletion(1200, 4, 3, 2, every=1) == pytest.approx(2800 / 3)
+    # a batch so large that every slice of every shard is hit retrains everything: 4 x 1200
+    assert deletion.expected_samples_epochs(1200, 4, 3, 2, 10_000) == pytest.approx(4 * 1200)
+
+
+def test_sparse_checkpoints_expect_more_retraining():
+    # every=3 with R=3 keeps only the last slice: every deletion retrains the whole shard, 1200
+    assert storage.expected_single_deletion(1200, 4, 3, 2, every=3) == pytest.approx(1200)
+
+
+def test_deletion_benchmark_quick_mode_writes_its_grid(tmp_path):
+    results = deletion.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "deletion-quick.json").read_text())
+    assert [(p["shards"], p["slices"]) for p in saved["points"]] == [(s, r) for s in (1, 2, 4) for r in (1, 2)]
+    mono = saved["retrain_samples_epochs"]
+    single = saved["points"][0]["b1"]  # S = R = 1: a deletion retrains the monolithic model, less one sample
+    assert single["mean_samples_epochs"] == mono - results["workload"]["epochs"]
+
+
+def test_overhead_and_storage_benchmarks_quick_modes_write_results(tmp_path):
+    overhead.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "overhead-quick.json").read_text())
+    assert set(saved["slices"]) == {"1", "4"} and all(v["sisa_s"] > 0 for v in saved["slices"].values())
+    storage.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "storage-quick.json").read_text())
+    point = saved["points"][1]
+    assert point["every"]["2"]["checkpoints"] < point["every"]["1"]["checkpoints"]
+    assert point["serving"]["bfloat16"]["bytes"] < point["serving"]["float32"]["bytes"]

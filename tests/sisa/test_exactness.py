@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from sisa.unlearning import audit
-from tests.conftest import assert_bit_identical, open_run
+from tests.conftest import SMALL, assert_bit_identical, open_run
 
 
 def _file_stamps(run) -> dict[str, tuple[int, bytes]]:
@@ -80,3 +82,28 @@ def test_training_twice_in_a_row_trains_nothing_the_second_time(tmp_path, table)
     run = open_run(tmp_path / "run", table)
     assert sum(len(r.slices) for r in run.train()) == 9
     assert all(r.resumed_from == 2 and not r.slices for r in run.train())
+
+
+def test_forget_with_sparse_checkpoints_resumes_further_back_and_stays_bit_identical(tmp_path, table):
+    config = dataclasses.replace(SMALL, num_slices=4, checkpoint_every=2)
+    run = open_run(tmp_path / "run", table, config)
+    run.train()
+    assert sorted({e.slice for e in run.store.entries()}) == [1, 3], "only every 2nd slice and the last are kept"
+    plan = run.plan()
+    forget = np.array([plan.slice_ids(0)[3][0]])  # slice 3 of shard 0: resumes from slice 1's checkpoint
+
+    report = run.forget(forget)
+
+    assert report.retrained == {0: [2, 3]}
+    scratch = open_run(tmp_path / "scratch", table.without(forget), config)
+    scratch.train()
+    for (_, a), (_, b) in zip(run.constituents(), scratch.constituents()):
+        assert_bit_identical(a, b)
+
+
+def test_only_checkpoints_that_training_resumes_from_carry_the_optimizer_state(tmp_path, table):
+    run = open_run(tmp_path / "run", table)
+    run.train()
+    for entry in run.store.entries():
+        state = run.store.load(entry.shard, entry.slice, entry.key)
+        assert ("optimizer" in state) == (entry.slice < SMALL.num_slices - 1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import SHARED_MNIST, median, write_results
+from orchestration.bench_report import pyplot
 from orchestration.config import DataConfig, ModelConfig
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model
@@ -96,13 +98,60 @@ def measure_point(root: Path, table: SampleTable, test: SampleTable, spec: dict[
     return point
 
 
+def _requests(results: dict[str, Any]) -> list[int]:
+    return sorted(int(key[1:]) for key in results["points"][0] if key[0] == "b" and key[1:].isdigit())
+
+
+def analyse(results: dict[str, Any]) -> dict[str, Any]:
+    """Add predictions, speedups and their summary to measured results (in place).
+
+    Time per sample x epoch is fitted once for the whole run, as the median over every timed
+    training and deletion; each deletion's predicted time is its samples x epochs at that rate.
+    """
+    requests = _requests(results)
+    timed = [(s, results["retrain_samples_epochs"]) for s in results["retrain_s"]]
+    for point in results["points"]:
+        timed.append((point["train_s"], point["train_samples_epochs"]))
+        for request in requests:
+            timed += [(s, w) for s, w in zip(point[f"b{request}"]["seconds"], point[f"b{request}"]["samples_epochs"]) if w]
+    rate = median([s / w for s, w in timed])
+    ratios = []
+    fastest = min(results["retrain_s"])
+    for point in results["points"]:
+        for request in requests:
+            b = point[f"b{request}"]
+            b["predicted_s"] = b["mean_samples_epochs"] * rate
+            b["measured_over_predicted"] = float(np.mean(b["seconds"])) / b["predicted_s"] if b["predicted_s"] else 1.0
+            ratios += [s / (w * rate) for s, w in zip(b["seconds"], b["samples_epochs"]) if w]
+            b["speedup"] = results["retrain_median_s"] / b["median_s"]
+            b["speedup_vs_fastest_retrain"] = fastest / b["median_s"]
+            b["expected_speedup"] = results["retrain_samples_epochs"] / b["expected_samples_epochs"]
+    mono = np.array(results["retrain_s"])
+    results["analysis"] = {
+        "seconds_per_sample_epoch": rate, "deletions": len(ratios),
+        "median_measured_over_predicted": median(ratios),
+        "share_within_10pct": float(np.mean([abs(r - 1) <= 0.10 for r in ratios])),
+        "share_within_20pct": float(np.mean([abs(r - 1) <= 0.20 for r in ratios])),
+        "retrain_repeats_spread": float((mono.max() - mono.min()) / np.median(mono)),
+    }
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits, MLP, a small grid (CI)")
     parser.add_argument("--repeats", type=int, default=3, help="deletions (and monolithic trainings) per point")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON results")
+    parser.add_argument("--analyse", metavar="JSON", help="only redo the analysis, table and plot of saved results")
     args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
+    if args.analyse:
+        results = analyse(json.loads(Path(args.analyse).read_text()))
+        Path(args.analyse).write_text(json.dumps(results, indent=2))
+        plot_tradeoff(results, Path(args.analyse).with_suffix(".png"))
+        print(table_text(results, tuple(_requests(results))))
+        print(", ".join(f"{k} {v:.3g}" for k, v in results["analysis"].items()))
+        return results
     table, test = load_dataset(spec["data"])
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="bench-deletion-"))
@@ -120,21 +169,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   for s in spec["shards"] for r in spec["slices"]]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    per_sample_epoch = retrain_s / mono_work
-    for point in points:
-        for request in spec["requests"]:
-            b = point[f"b{request}"]
-            b["predicted_s"] = b["mean_samples_epochs"] * per_sample_epoch
-            b["measured_over_predicted"] = float(np.mean(b["seconds"])) / b["predicted_s"]
-            b["speedup"] = retrain_s / b["median_s"]
-            b["expected_speedup"] = mono_work / b["expected_samples_epochs"]
     results = {"workload": {"data": dataclasses.asdict(spec["data"]), "model": dataclasses.asdict(spec["model"]),
                             "samples": len(table), "epochs": spec["epochs"], "repeats": args.repeats},
                "retrain_s": mono_s, "retrain_median_s": retrain_s, "retrain_samples_epochs": mono_work,
                "points": points}
+    analyse(results)
     write_results("deletion-quick" if args.quick else "deletion", results, Path(args.out))
+    plot_tradeoff(results, Path(args.out) / ("deletion-quick.png" if args.quick else "deletion.png"))
     print(table_text(results, spec["requests"]))
+    print(", ".join(f"{k} {v:.3g}" for k, v in results["analysis"].items()))
     return results
+
+
+def plot_tradeoff(results: dict[str, Any], path: Path) -> Path:
+    """Test accuracy vs single-deletion speedup, one point per (S, R): the trade-off a user picks from."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for how, marker in (("vote", "o"), ("mean", "s")):
+        xs = [p["b1"]["speedup"] for p in results["points"]]
+        ax.scatter(xs, [100 * p[f"acc_{how}"] for p in results["points"]], marker=marker, label=f"ensemble, {how}")
+    for p in results["points"]:
+        ax.annotate(f"S={p['shards']},R={p['slices']}", (p["b1"]["speedup"], 100 * p["acc_mean"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    mono = next(p for p in results["points"] if p["shards"] == p["slices"] == 1)
+    ax.axhline(100 * mono["acc_vote"], color="gray", linestyle="--", label="monolithic model")
+    ax.set_xscale("log")
+    ax.set_xlabel("single-deletion speedup over retraining (median, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Cost of sharding and slicing: accuracy vs deletion speedup")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def table_text(results: dict[str, Any], requests: tuple[int, ...]) -> str:

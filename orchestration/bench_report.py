@@ -90,7 +90,7 @@ def write_tables(summary: list[dict[str, Any]], rows: list[Row], out: Path) -> l
     return [md, csv, parquet]
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is imported on use, headless
+def pyplot():  # noqa: ANN201 - matplotlib.pyplot, imported on use and headless
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +101,7 @@ def _pyplot():  # noqa: ANN202 - matplotlib is imported on use, headless
 
 def plot_gap_vs_time(summary: list[dict[str, Any]], path: Path) -> Path:
     """Avg. Gap vs unlearning time, one point per method and target (error bars: std over seeds)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for entry in (e for e in summary if e["kind"] != "original"):
         marker = "*" if entry["kind"] == "exact" else ("o" if entry["target"] == "single" else "s")
@@ -122,7 +122,7 @@ def plot_gap_vs_time(summary: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_metrics(summary: list[dict[str, Any]], path: Path) -> Path:
     """One bar chart per metric, every method and target, error bars = std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = [("UA", "UA"), ("MIA", "MIA-efficacy"), ("RA", "RA"), ("TA", "TA"), ("gap", "Avg. Gap"), ("JS", "JS to retrain")]
     labels = [f"{e['method']}\n{e['target']}" for e in summary]
     colors = ["tab:gray" if e["kind"] == "original" else "tab:green" if e["kind"] == "exact" else
@@ -146,7 +146,7 @@ def plot_metrics(summary: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_sisa_cost(curve: list[dict[str, float]], retrain_seconds: float, path: Path) -> Path:
     """SISA deletion cost vs number of single-sample requests, against retraining for each."""
-    plt = _pyplot()
+    plt = pyplot()
     n = [p["request"] for p in curve]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(n, np.cumsum([p["samples_epochs"] for p in curve]), "o-", label="SISA (retrained slices)")

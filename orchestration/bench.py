@@ -158,7 +158,7 @@ class SeedBench:
         metrics.update({"seconds": cost.seconds, "samples_epochs": float(samples_epochs), "peak_mb": cost.peak_mb,
                         "store_mb": run.store.nbytes() / 1e6})
         self.rows.append(Row(method, target, self.seed, kind, metrics, logit_confidence(out)))
-        log.info("seed %d %s/%s: %s", self.seed, method, target,
+        log.debug("seed %d %s/%s: %s", self.seed, method, target,
                  ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
         self.on_step(f"seed {self.seed} {method}/{target}")
 

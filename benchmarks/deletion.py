@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import SHARED_MNIST, median, write_results
+from orchestration.bench import clone
 from orchestration.bench_report import pyplot
 from orchestration.config import DataConfig, ModelConfig
 from orchestration.datasets import load_dataset
@@ -60,11 +61,6 @@ def _run(folder: Path, table: SampleTable, model: ModelConfig, config: SisaConfi
     return SisaRun(folder, table, factory, config, seed=0, fingerprint=f"bench-{config}")
 
 
-def _copy(run: SisaRun, folder: Path) -> SisaRun:
-    shutil.copytree(run.run_dir, folder, ignore=shutil.ignore_patterns("lock"))
-    return SisaRun(folder, run.table, run.trainer.model_factory, run.config, run.seed, run.fingerprint)
-
-
 def measure_point(root: Path, table: SampleTable, test: SampleTable, spec: dict[str, Any], shards: int, slices: int,
                   repeats: int, rng: np.random.Generator) -> dict[str, Any]:
     """Train one (S, R) ensemble, score it, and time deletions of every request size on copies of it."""
@@ -84,7 +80,7 @@ def measure_point(root: Path, table: SampleTable, test: SampleTable, spec: dict[
     for request in spec["requests"]:
         seconds, work = [], []
         for repeat in range(repeats):
-            copy = _copy(run, root / f"s{shards}-r{slices}-b{request}-{repeat}")
+            copy = clone(run, root / f"s{shards}-r{slices}-b{request}-{repeat}")
             ids = rng.choice(table.ids, request, replace=False)
             report = copy.forget(ids)
             seconds.append(report.seconds)

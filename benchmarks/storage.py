@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import SHARED_MNIST, write_results
+from orchestration.bench import clone
 from orchestration.config import DataConfig, ModelConfig
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model
@@ -101,11 +102,9 @@ def measure(root: Path, table: SampleTable, test: SampleTable, spec: dict[str, A
             entry["optimizer_bytes_saved"] = len(finals) * _nbytes({"state": dict(enumerate(momentum))})
             point["serving"] = serving_copies(run, test)
         for repeat in range(spec["requests"]):
-            copy = root / f"copy-{repeat}"
-            shutil.copytree(run.run_dir, copy, ignore=shutil.ignore_patterns("lock"))
-            forked = SisaRun(copy, table, factory, config, seed=0, fingerprint="storage")
+            forked = clone(run, root / f"copy-{repeat}")
             entry["single_deletions"].append(forked.forget(rng.choice(table.ids, 1)).samples_epochs)
-            shutil.rmtree(copy)
+            shutil.rmtree(forked.run_dir)
         point["every"][str(every)] = entry
         shutil.rmtree(run.run_dir)
     return point

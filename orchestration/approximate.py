@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 import approx
+from orchestration.evaluation import outputs
 from orchestration.runs import Session
-from sisa import SampleTable, SisaRun, aggregate
+from sisa import SampleTable, SisaRun
 from sisa.plan import ShardPlan
 from sisa.unlearning import validate_request
 
@@ -47,13 +48,9 @@ def single_model_run(session: Session) -> SisaRun:
                    run.fingerprint + ":single", lock_timeout=run.lock_timeout)
 
 
-@torch.no_grad()
 def _accuracies(models: list[nn.Module], how: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    out = {}
-    for name, (x, y) in sets.items():
-        logits = torch.stack([m.eval()(x) for m in models])
-        out[f"{name}/acc"] = (aggregate(logits, how) == y).double().mean().item()
-    return out
+    out = outputs(models, how, sets)
+    return {f"{split}/acc": out.accuracy(split) for split in sets}
 
 
 def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: list[int] | np.ndarray,

@@ -32,6 +32,7 @@ from orchestration.evaluation import Outputs, accuracy_metrics, avg_gap, diverge
 from orchestration.measure import Cost, measure
 from orchestration.runs import Session, open_run
 from sisa import SampleTable, SisaRun
+from sisa.plan import ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,10 @@ class SeedBench:
             self._add("original", target, "original", base, *training[target])
         self._exact("sisa", "ensemble", ensemble, self.dir / "sisa")
         for target in targets:
+            original = originals[target]
+            plan, constituents = original.plan(), original.constituents()  # verified once, copied per method
             for method in methods:
-                self._approximate(method, target, originals[target])
+                self._approximate(method, target, original, plan, constituents)
         return self.rows
 
     def _exact(self, name: str, target: str, original: SisaRun, run_dir: Path) -> None:
@@ -132,9 +135,9 @@ class SeedBench:
             reports = [run.forget(ids, reason=f"bench {self.config.bench.scenario}") for ids in self.requests]
         self._add(name, target, "exact", run, cost, sum(r.samples_epochs for r in reports))
 
-    def _approximate(self, method: approx.UnlearningMethod, target: str, original: SisaRun) -> None:
-        plan = original.plan()
-        models = {shard: copy.deepcopy(model) for shard, model in original.constituents()}
+    def _approximate(self, method: approx.UnlearningMethod, target: str, original: SisaRun, plan: ShardPlan,
+                     constituents: list[tuple[int, nn.Module]]) -> None:
+        models = {shard: copy.deepcopy(model) for shard, model in constituents}
         forgotten = np.empty(0, np.int64)
         samples = 0
         with measure() as cost:

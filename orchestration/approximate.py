@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 import approx
+from orchestration.derived import mark_derived
 from orchestration.evaluation import outputs
 from orchestration.runs import Session
 from sisa import SampleTable, SisaRun
 from sisa.plan import ShardPlan
-from sisa.unlearning import validate_request
 
 
 @dataclass
@@ -41,11 +41,18 @@ class ApproxReport:
 
 
 def single_model_run(session: Session) -> SisaRun:
-    """The run's monolithic model (one shard, one slice, same recipe), trained once and kept in run_dir/single."""
+    """The run's monolithic model (one shard, one slice, same recipe) on the data the run retains.
+
+    It lives in run_dir/single as a derived model (see derived.py): trained once, destroyed by
+    the next deletion, and trained again on what remains when next needed.
+    """
     run = session.run
+    folder = run.run_dir / "single"
+    if not (folder / "run.json").exists():
+        mark_derived(folder, run, "single")
     config = dataclasses.replace(session.config.sisa, num_shards=1, num_slices=1)
-    return SisaRun(run.run_dir / "single", run.table, run.trainer.model_factory, config, session.config.seed,
-                   run.fingerprint + ":single", lock_timeout=run.lock_timeout)
+    return SisaRun(folder, run.table.take(run.retained_ids()), run.trainer.model_factory, config,
+                   session.config.seed, run.fingerprint + ":single", lock_timeout=run.lock_timeout)
 
 
 def _accuracies(models: list[nn.Module], how: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
@@ -59,7 +66,7 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
     if target not in ("ensemble", "single"):
         raise ValueError(f"target must be 'ensemble' or 'single', got {target!r}")
     run = session.run
-    ids = validate_request(sample_ids, run.table.ids, run.ledger.requests())
+    ids = run.validate(sample_ids)
     base = single_model_run(session) if target == "single" else run
     if target == "single":
         base.train()
@@ -76,7 +83,7 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
                                           session.num_classes, session.config.seed, session.config.sisa.device)
     report.seconds = time.perf_counter() - began
     report.after = _accuracies(models, how, sets)
-    report.saved_to = str(_save(run.run_dir, report, models, [s for s, _ in constituents]))
+    report.saved_to = str(_save(run, report, models, [s for s, _ in constituents]))
     return report
 
 
@@ -100,9 +107,9 @@ def unlearn_constituents(models: dict[int, nn.Module], plan: ShardPlan, table: S
     return samples
 
 
-def _save(run_dir: Path, report: ApproxReport, models: list[nn.Module], shards: list[int]) -> Path:
-    folder = run_dir / "approx" / f"{report.method}-{report.target}-{time.strftime('%Y%m%dT%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
+def _save(run: SisaRun, report: ApproxReport, models: list[nn.Module], shards: list[int]) -> Path:
+    folder = run.run_dir / "approx" / f"{report.method}-{report.target}-{time.strftime('%Y%m%dT%H%M%S')}"
+    mark_derived(folder, run, f"approx:{report.method}:{report.target}")
     for shard, model in zip(shards, models):
         if shard in report.shards:
             tmp = folder / f"shard-{shard:03d}.pt.tmp"

@@ -19,13 +19,15 @@ from tqdm import tqdm
 import approx
 from approx.registry import parameters
 from orchestration import commands
+from orchestration.audit import certificate
 from orchestration.bench import create_methods
 from orchestration.bench_report import markdown_table
 from orchestration.config import RunConfig, load_config
 from orchestration.runs import Session, open_session
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
-from sisa import InvalidRequestError, SisaError, SliceReport, aggregate
+from sisa import InvalidRequestError, PendingRequestError, SisaError, SliceReport, aggregate
+from sisa.errors import LedgerError, RunBindingError
 
 log = logging.getLogger("unlearn")
 
@@ -44,6 +46,9 @@ def read_ids_file(path: str) -> list[int]:
     file = Path(path)
     if not file.exists():
         raise InvalidRequestError(f"ids file {path} does not exist")
+    if not file.is_file():
+        raise InvalidRequestError(f"ids file {path} is not a file; give a text file with one id per line "
+                                  "or a Parquet file with a sample_id column")
     if file.suffix == ".parquet":
         table = pq.read_table(file)
         if "sample_id" not in table.column_names:
@@ -79,8 +84,13 @@ class Progress:
         self.bar.close()
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """--set values plus the shorthand flags, which are settings too."""
+def _settings(args: argparse.Namespace) -> list[str]:
+    """--set values (method.* parameters excluded): settings a new run keeps."""
+    return [s for s in args.set if not s.startswith("method.")]
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    """The shorthand flags, as settings for this command only (never saved with a run)."""
     extra = []
     if getattr(args, "engine", None):
         extra.append(f"ray.engine={args.engine}")
@@ -90,12 +100,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         extra.append(f"tracking.uri={args.tracking_uri}")
     if getattr(args, "no_track", False):
         extra.append("tracking.enabled=false")
-    return [s for s in args.set if not s.startswith("method.")] + extra
+    return extra
 
 
 def _session(args: argparse.Namespace, create: bool = False) -> Session:
-    return open_session(args.run_dir, getattr(args, "config", None), _overrides(args), create=create,
-                        lock_timeout=args.lock_timeout)
+    return open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
+                        lock_timeout=args.lock_timeout, flags=_flags(args))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -111,10 +121,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_forget(args: argparse.Namespace) -> None:
-    session = _session(args)
     if args.ids is None and args.ids_file is None and not args.resume:
         raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
     ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args)
+    session = _session(args)
     progress = Progress("retraining")
     try:
         reports, metrics = commands.forget(session, make_tracker(session.config.tracking), ids, args.reason, progress)
@@ -122,12 +132,40 @@ def cmd_forget(args: argparse.Namespace) -> None:
         progress.close()
     if not reports:
         print("no interrupted request to finish")
+        return
     for report in reports:
         print(f"request {report.request_id}: {len(report.sample_ids)} sample(s) forgotten; "
               f"retrained {report.retrained or 'nothing'} (shard: slices), "
               f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
-              f"purged {report.purged} checkpoint(s)")
+              f"destroyed {report.purged} checkpoint(s) and {len(report.destroyed) - report.purged} other item(s) "
+              "that saw the samples")
     print(f"test accuracy: {metrics['test/acc']:.4f}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        session = _session(args)
+    except (LedgerError, RunBindingError) as err:
+        print(f"audit FAILED: {err}")
+        return 1
+    report = certificate(session, args.request, Path(args.retrain) if args.retrain else None)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"run {report['run']} ({report['run_id']}): ledger of {report['ledger']['records']} records verified, "
+          f"{report['deleted_ids']} sample(s) deleted; checked {', '.join(report['checked'])}")
+    for entry in report["requests"]:
+        kinds: dict[str, int] = {}
+        for item in entry["destroyed"]:
+            kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+        print(f"  {entry['request_id']} {entry['state']}: {entry['num_ids']} id(s) (sha256 {entry['ids_sha256'][:16]}), "
+              f"recorded {entry['recorded']}, finished {entry['finished'] or '-'}; retrained {entry['retrained'] or '-'}; "
+              f"destroyed {kinds or 'nothing'}; replaced by {', '.join(entry['replaced_by']) or '-'}")
+    for finding in report["findings"]:
+        print(f"FOUND {finding}")
+    print("audit: clean" if report["clean"] else f"audit FAILED: {len(report['findings'])} finding(s)")
+    if args.json:
+        print(f"certificate written to {args.json}")
+    return 0 if report["clean"] else 1
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -151,14 +189,24 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise ValueError(f"--output {args.output}: folder {Path(args.output).resolve().parent} does not exist")
     session = _session(args)
     table = session.test if args.split == "test" else session.run.table
-    ids = np.asarray(parse_ids(args.ids), np.int64) if args.ids else table.ids
+    note = ""
+    if args.ids:
+        ids = np.asarray(parse_ids(args.ids), np.int64)
+    elif args.split == "train":
+        ids = session.run.retained_ids()
+        excluded = len(table) - len(ids)
+        note = f" ({excluded} deleted sample(s) excluded; name them with --ids to score them)" if excluded else ""
+    else:
+        ids = table.ids
     x, labels = table.tensors(ids)
     logits = session.run.logits(x)
     how = args.aggregation or session.config.sisa.aggregation
     predicted = aggregate(logits, how)
-    print(f"{args.split} accuracy ({how}): {(predicted == labels).double().mean().item():.4f} on {len(ids)} samples")
+    print(f"{args.split} accuracy ({how}): {(predicted == labels).double().mean().item():.4f} on {len(ids)} samples{note}")
     if args.output:
         out = pa.table({"sample_id": ids, "label": labels.numpy(), "predicted": predicted.numpy()})
         if args.output.endswith(".parquet"):
@@ -202,7 +250,7 @@ def quick(config: RunConfig) -> RunConfig:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    config = load_config(args.config, _overrides(args))
+    config = load_config(args.config, _settings(args) + _flags(args))
     if args.quick:
         config = quick(config)
     steps = len(config.bench.seeds) * (4 + len(create_methods(config.bench)) * len(config.bench.targets))
@@ -276,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     bench.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     bench.set_defaults(func=cmd_bench)
+    audit = command("audit", "Check that nothing the project keeps saw a deleted sample; print the deletion "
+                             "certificate. Exits 1 when anything is found.")
+    audit.add_argument("--request", help="only this request's part of the certificate, e.g. r-0003")
+    audit.add_argument("--json", metavar="FILE", help="also write the certificate as JSON")
+    audit.add_argument("--retrain", metavar="DIR", help="also train the retained data from scratch into DIR (same "
+                                                        "recipe, seed and secret) and check every constituent is "
+                                                        "bit-identical")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -284,11 +340,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        return args.func(args) or 0
+    except PendingRequestError as err:
+        print(f"error: {err} Run `unlearn forget --run-dir {args.run_dir} --resume` to finish it.", file=sys.stderr)
     except (SisaError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted: an unfinished deletion stays pending in the ledger and is finished by the next command "
+              "on the run (or `unlearn forget --resume`)", file=sys.stderr)
+        return 130
+    return 2
 
 
 if __name__ == "__main__":

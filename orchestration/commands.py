@@ -23,33 +23,33 @@ from orchestration.bench import OnStep, Row, SeedBench, cost_curve, create_metho
 from orchestration.bench_report import plot_gap_vs_time, plot_metrics, plot_sisa_cost, summarize, write_tables
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
+from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
 from orchestration.tracking import Tracker, log_shard_runs, scratch_dir, write_json
-from sisa import DeletionReport, ShardReport, SisaError
+from sisa import DeletionReport, ShardReport
 from sisa.ensemble import OnSlice
+from sisa.ledger import ids_digest_hex
 
 log = logging.getLogger(__name__)
 
 
 def export_ensemble(session: Session, folder: Path) -> Path:
-    """Write the constituents (model weights only), the config and metadata for the pyfunc model."""
+    """Write the constituents' weights (tensors only), the config and metadata for the pyfunc model.
+
+    The example input is zeros of the input shape: no sample, training or test, leaves the run.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    constituents = session.run.constituents()
-    for shard, model in constituents:
-        torch.save(model.state_dict(), folder / f"shard-{shard:03d}.pt")
+    names = []
+    for number, (_, model) in enumerate(session.run.constituents()):
+        names.append(f"constituent-{number:03d}.pt")
+        torch.save(model.state_dict(), folder / names[-1])
     session.config.save(folder / "config.toml")
     meta = {"sample_shape": list(session.run.table.sample_shape), "num_classes": session.num_classes,
-            "aggregation": session.config.sisa.aggregation, "shards": [s for s, _ in constituents]}
+            "aggregation": session.config.sisa.aggregation, "weights": names}
     (folder / "meta.json").write_text(json.dumps(meta))
-    x, _ = session.test.tensors(session.test.ids[:2])
-    np.save(folder / "example.npy", x.reshape(len(x), -1).numpy())
+    np.save(folder / "example.npy", np.zeros((2, int(np.prod(session.run.table.sample_shape))), np.float32))
     return folder
-
-
-def model_name(session: Session) -> str:
-    """Registered model name of the run's ensemble."""
-    return session.config.tracking.model_name or f"unlearn-{session.run.run_dir.resolve().name}"
 
 
 def _parent(tracker: Tracker, session: Session, command: str, extra: dict[str, Any] | None = None) -> Any:
@@ -66,13 +66,16 @@ def _common_artifacts(tracker: Tracker, session: Session) -> None:
     tracker.log_artifact(session.run.run_dir / "config.toml")
 
 
-def _log_model(tracker: Tracker, session: Session, tags: dict[str, str]) -> str | None:
-    try:
-        with scratch_dir() as tmp:
-            return tracker.log_model(export_ensemble(session, Path(tmp) / "ensemble"), model_name(session), tags)
-    except SisaError as err:
-        log.warning("ensemble not logged as a model: %s", err)
+def _publish(tracker: Tracker, session: Session, tags: dict[str, str]) -> str | None:
+    """Log and register the ensemble, and record the version with the run (so a deletion finds it)."""
+    run = session.run
+    with scratch_dir() as tmp:
+        entry = tracker.log_model(export_ensemble(session, Path(tmp) / "ensemble"),
+                                  model_name(run, session.config.tracking.model_name), {**tags, RUN_TAG: run.run_id})
+    if entry is None:
         return None
+    record_published(run, entry)
+    return entry["uri"]
 
 
 def _ensemble_metrics(session: Session, reports: list[ShardReport], seconds: float) -> dict[str, float]:
@@ -85,46 +88,77 @@ def _ensemble_metrics(session: Session, reports: list[ShardReport], seconds: flo
 
 
 def train(session: Session, tracker: Tracker, on_slice: OnSlice = None) -> tuple[list[ShardReport], dict[str, float]]:
-    """Train (or resume) the ensemble; returns the shard reports and the logged metrics."""
-    with _parent(tracker, session, "train"):
+    """Train (or resume) the ensemble; returns the shard reports and the logged metrics.
+
+    A new model version is registered when training changed the ensemble, or when the run has
+    no version live at this tracking URI; a finished run trained again registers nothing.
+    """
+    run = session.run
+    with run.locked(), _parent(tracker, session, "train"):
         began = time.perf_counter()
-        reports = session.run.train(on_slice)
+        reports = run.train(on_slice)
         log_shard_runs(tracker, reports)
         metrics = _ensemble_metrics(session, reports, time.perf_counter() - began)
         tracker.log_metrics(metrics)
         _common_artifacts(tracker, session)
-        _log_model(tracker, session, {"command": "train"})
+        if any(r.slices for r in reports) or not tracker.has_live_version(published(run.run_dir)):
+            _publish(tracker, session, {"command": "train"})
     return reports, metrics
 
 
-def forget(session: Session, tracker: Tracker, sample_ids: list[int] | None, reason: str = "",
-           on_slice: OnSlice = None) -> tuple[list[DeletionReport], dict[str, float]]:
-    """Serve a deletion request (or, with no ids, finish interrupted ones); one model version per request."""
-    with _parent(tracker, session, "forget", {"request.num_ids": len(sample_ids or []), "request.reason": reason}):
-        began = time.perf_counter()
-        if sample_ids is None:
-            reports = session.run.finish_pending(on_slice)
-        else:
-            reports = [session.run.forget(sample_ids, reason=reason, on_slice=on_slice)]
-        shard_reports = [r for report in reports for r in report.shards]
-        log_shard_runs(tracker, shard_reports)
-        metrics = _ensemble_metrics(session, shard_reports, time.perf_counter() - began)
-        metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
-        tracker.log_metrics(metrics)
-        for report in reports:
-            tracker.log_dict({"request_id": report.request_id, "sample_ids": report.sample_ids.tolist(),
-                              "reason": reason, "dirty": report.dirty, "retrained": report.retrained,
-                              "samples_epochs": report.samples_epochs, "purged": report.purged,
-                              "seconds": report.seconds}, f"requests/{report.request_id}.json")
-        _common_artifacts(tracker, session)
-        if reports:
-            _log_model(tracker, session, {"command": "forget", "request_id": reports[-1].request_id})
+def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarray | None, reason: str = "",
+           on_slice: OnSlice = None, keys: list[str] | None = None) -> tuple[list[DeletionReport], dict[str, float]]:
+    """Serve a deletion request (or, with no ids, finish interrupted ones); one model version per request.
+
+    The whole command holds the run's lock, so the version it registers and the state it reports
+    are the ones its request made. A refused request opens no MLflow run.
+    """
+    run = session.run
+    with run.locked():
+        if sample_ids is not None:
+            run.validate(sample_ids)
+        elif not run.ledger.pending():
+            return [], {}
+        params = {"request.num_ids": len(sample_ids) if sample_ids is not None else 0}
+        with _parent(tracker, session, "forget", params):
+            began = time.perf_counter()
+            if sample_ids is None:
+                reports = run.finish_pending(on_slice)
+            else:
+                reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice, keys=keys)]
+            shard_reports = [r for report in reports for r in report.shards]
+            log_shard_runs(tracker, shard_reports)
+            metrics = _ensemble_metrics(session, shard_reports, time.perf_counter() - began)
+            metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
+            tracker.log_metrics(metrics)
+            for report in reports:
+                tracker.log_dict(request_summary(report), f"requests/{report.request_id}.json")
+            _common_artifacts(tracker, session)
+            uri = _publish(tracker, session, {"command": "forget", "request_id": reports[-1].request_id})
+            if uri is not None:
+                run.record_version(reports[-1].request_id, uri)
     return reports, metrics
+
+
+def request_summary(report: DeletionReport) -> dict[str, Any]:
+    """What MLflow gets about a request: counts and digests only.
+
+    The ledger in the run directory keeps the ids and which shards and slices were retrained;
+    published records never say which shard held which sample (the assignment is secret).
+    """
+    kinds: dict[str, int] = {}
+    for item in report.destroyed:
+        kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+    return {"request_id": report.request_id, "num_ids": int(len(report.sample_ids)),
+            "ids_sha256": ids_digest_hex(report.sample_ids), "shards_retrained": len(report.retrained),
+            "slices_retrained": sum(len(v) for v in report.retrained.values()),
+            "samples_epochs": report.samples_epochs, "destroyed": kinds, "seconds": round(report.seconds, 3)}
 
 
 def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod, sample_ids: list[int],
                 target: str) -> ApproxReport:
     """Run an approximate method; a child run holds the method's params and before/after metrics."""
+    session.run.validate(sample_ids)  # a refused request opens no MLflow run
     with _parent(tracker, session, "approx", {"request.num_ids": len(sample_ids)}):
         params = {f"method.{f.name}": getattr(method, f.name) for f in dataclasses.fields(method)}
         with tracker.run(f"{method.name}-{target}", params={"method": method.name, "target": target, **params}):
@@ -133,7 +167,8 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
                                  "time/unlearn_s": report.seconds, "cost/samples": report.samples})
             with scratch_dir() as tmp:
                 tracker.log_artifact(write_json(Path(tmp), "request.json",
-                                                {"sample_ids": report.forget_ids.tolist(), "shards": report.shards}))
+                                                {"num_ids": len(report.forget_ids),
+                                                 "ids_sha256": ids_digest_hex(report.forget_ids)}))
     return report
 
 

@@ -1,14 +1,20 @@
 """The SISA ensemble as an MLflow pyfunc model, so MLflow's own tools can load and serve it.
 
+The model is defined by code, never by a pickle: MLflow logs `ensemble_model.py` (models from
+code), the constituents' weights as tensor-only files loaded with `weights_only=True`, and this
+package's `sisa` and `orchestration` sources as the model's code, so it loads in an environment
+that has neither this checkout nor this package installed (`mlflow models serve`, a Docker image).
+
 Input: a 2-D array or DataFrame, one row per sample, holding the sample's model inputs flattened
-(the values `SampleTable.tensors()` gives, e.g. pixels scaled to [0, 1]). Output: predicted labels.
-Loading needs this package installed (it rebuilds the architectures by name).
+(the values `SampleTable.tensors()` gives, e.g. pixels scaled to [0, 1]); over HTTP,
+`{"inputs": [[...], ...]}`. Output: predicted labels.
+
+What it does not hold: the run's secret, the shard of any training sample, any training sample.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,9 @@ from orchestration.config import load_config
 from orchestration.models import build_model
 from sisa import aggregate
 
+_PACKAGES = ("sisa", "orchestration")
+_ENTRY = Path(__file__).with_name("ensemble_model.py")
+
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
     """Aggregated prediction of the exported constituents."""
@@ -31,12 +40,13 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         config = load_config(folder / "config.toml")
         self.shape, self.how = tuple(meta["sample_shape"]), meta["aggregation"]
         self.models = []
-        for shard in meta["shards"]:
+        for name in meta["weights"]:
             model = build_model(config.model, self.shape, meta["num_classes"])
-            model.load_state_dict(torch.load(folder / f"shard-{shard:03d}.pt", weights_only=True))
+            model.load_state_dict(torch.load(folder / name, weights_only=True))
             self.models.append(model.eval())
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a schema
+    # Typed as an array (MLflow then neither validates nor warns); a DataFrame or nested lists work too.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Labels (n,) for inputs (n, features) or (n, *sample_shape)."""
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, *self.shape)
         with torch.no_grad():
@@ -44,21 +54,28 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         return aggregate(logits, self.how).numpy()
 
 
-def log_ensemble(client: Any, folder: Path, model_name: str, tags: Mapping[str, str]) -> str:
-    """Log the exported ensemble as a pyfunc model, register a new version, tag it; returns its URI."""
-    with warnings.catch_warnings():
-        # MLflow suggests type hints on predict; the signature comes from the input example instead.
-        warnings.simplefilter("ignore", UserWarning)
-        info = client.pyfunc.log_model(
-            name="ensemble",
-            python_model=EnsembleModel(),
-            artifacts={"ensemble": str(folder)},
-            input_example=np.load(folder / "example.npy"),
-            registered_model_name=model_name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyarrow", "scikit-learn"],
-        )
-    version = info.registered_model_version
+def requirements() -> list[str]:
+    """What the model needs installed besides MLflow: the libraries its code imports."""
+    import pyarrow
+    import tomli_w  # noqa: F401 - imported by orchestration.config
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pyarrow=={pyarrow.__version__}",
+            "tomli-w"]
+
+
+def log_ensemble(client: Any, folder: Path, model_name: str, tags: Mapping[str, str]) -> Any:
+    """Log the exported ensemble as a pyfunc model, register a new version, tag it; returns the ModelInfo."""
+    root = Path(__file__).resolve().parents[1]
+    info = client.pyfunc.log_model(
+        name="ensemble",
+        python_model=str(_ENTRY),
+        artifacts={"ensemble": str(folder)},
+        code_paths=[str(root / package) for package in _PACKAGES],
+        input_example=np.load(folder / "example.npy"),
+        registered_model_name=model_name,
+        pip_requirements=requirements(),
+    )
     registry = client.MlflowClient()
     for key, value in tags.items():
-        registry.set_model_version_tag(model_name, version, key, value)
-    return f"models:/{model_name}/{version}"
+        registry.set_model_version_tag(model_name, info.registered_model_version, key, value)
+    return info

@@ -1,4 +1,9 @@
-"""Open a run directory: resolve its config, load its data, and build the SisaRun on top."""
+"""Open a run directory: resolve its config, load its data, and build the SisaRun on top.
+
+The SisaRun gets the purgers of everything the application derives from the training data
+outside the checkpoint store (derived models in the run dir, published MLflow model versions),
+so every deletion destroys them too, whichever command serves it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,17 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from orchestration.actors import FaultSpec
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
+from orchestration.derived import destroy_derived_models
 from orchestration.models import build_model
+from orchestration.registry import destroy_published_versions
 from sisa import SampleTable, SisaRun
+from sisa.ensemble import resolve_store
 from sisa.errors import ConfigMismatchError
 
 CONFIG_FILE = "config.toml"
@@ -28,50 +38,77 @@ class Session:
     """Classes the constituent models output (the larger of the train and test splits' counts)."""
 
 
-def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str], create: bool) -> RunConfig:
-    """The config of `run_dir`, checked against what the command was given.
+def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str], create: bool,
+                   flags: list[str] | None = None) -> tuple[RunConfig, RunConfig]:
+    """The config of `run_dir` for this command, and the config the run keeps (saved at creation).
 
     A new run takes defaults + file + overrides. An existing run keeps the config it was made
     with; `--config` and `--set` may only repeat it or change settings that do not affect
-    training (data locations, aggregation).
+    training (data locations, aggregation). `flags` (the CLI's --engine, --address,
+    --tracking-uri, --no-track) apply to this command only and are never saved with the run.
     """
     saved = run_dir / CONFIG_FILE
     if not saved.exists():
         if not create:
             raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with "
                              f"`unlearn train --run-dir {run_dir}`")
-        return load_config(config_path, overrides)
+        kept = load_config(config_path, overrides)
+        return load_config(config_path, overrides + (flags or [])), kept
     stored = load_config(saved)
-    given = load_config(config_path, overrides, base=None if config_path else stored.to_dict())
+    base = None if config_path else stored.to_dict()
+    given = load_config(config_path, overrides + (flags or []), base=base)
     keys = differing_training_keys(stored, given)
     if keys:
         flat_s, flat_g = stored.flat(), given.flat()
         changes = ", ".join(f"{k}: {flat_s[k]!r} -> {flat_g[k]!r}" for k in keys)
         raise ConfigMismatchError(f"{run_dir} was made with another config ({changes}); "
                                   "use a new --run-dir for a new config")
-    return given
+    return given, stored
 
 
 def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
-                 create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
-    """Open (or, with `create`, make) the run in `run_dir`."""
+                 create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None,
+                 flags: list[str] | None = None, secret: bytes | None = None) -> Session:
+    """Open (or, with `create`, make) the run in `run_dir`; see resolve_config for the arguments."""
     run_dir = Path(run_dir)
-    config = resolve_config(run_dir, config_path, overrides or [], create)
-    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault)
+    config, kept = resolve_config(run_dir, config_path, overrides or [], create, flags)
+    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, kept=kept, secret=secret)
 
 
 def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
-             lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
-    """Open the run in `run_dir` with an already resolved config; `data` = (train, test) if already loaded."""
+             lock_timeout: float | None = None, fault: FaultSpec | None = None, kept: RunConfig | None = None,
+             secret: bytes | None = None) -> Session:
+    """Open the run in `run_dir` with an already resolved config.
+
+    Args:
+        run_dir: the run directory.
+        config: the resolved config of this command.
+        data: (train, test) if already loaded.
+        lock_timeout: seconds to wait for another command on the run; None waits.
+        fault: a fault to inject into Ray shard workers (tests).
+        kept: the config saved with a new run (default `config`).
+        secret: for a new run only, the secret of another run to reproduce its shard
+            assignment (an exactness audit, disaster recovery); default a fresh one.
+    """
     run_dir = Path(run_dir)
+    _check_device(config)
     train, test = data or load_dataset(config.data)
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()  # fail on a bad model/data combination before anything is written
-    store_uri = config.store or str(run_dir.resolve() / "checkpoints")
+    store_uri = resolve_store(run_dir, config.store or None)
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
-    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), store_uri=store_uri,
-                  executor=executor, lock_timeout=lock_timeout)
+    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),
+                  store_uri=config.store or None, executor=executor, lock_timeout=lock_timeout, secret=secret,
+                  purgers=[destroy_derived_models, destroy_published_versions])
     if not (run_dir / CONFIG_FILE).exists():
-        config.save(run_dir / CONFIG_FILE)
+        (kept or config).save(run_dir / CONFIG_FILE)
     return Session(config, run, test, num_classes)
+
+
+def _check_device(config: RunConfig) -> None:
+    device = torch.device(config.sisa.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"sisa.device is {config.sisa.device!r} but this torch sees no CUDA device; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"sisa.device is {config.sisa.device!r} but MPS is not available here; use 'cpu'")

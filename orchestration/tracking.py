@@ -35,8 +35,15 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path) -> None:
         """A file artifact of the innermost open run."""
 
-    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
-        """Log the ensemble exported in `folder` as a model version; returns its URI."""
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> dict[str, Any] | None:
+        """Log the ensemble exported in `folder` as a new registered version of `model_name`.
+
+        Returns where it went (tracking_uri, name, version, model_id, artifact_uri, uri), or None
+        when nothing was published.
+        """
+
+    def has_live_version(self, entries: list[dict[str, Any]]) -> bool:
+        """Whether one of the published `entries` is at this tracker's URI and not destroyed."""
 
 
 @dataclass
@@ -79,9 +86,12 @@ class MemoryTracker:
     def log_artifact(self, path: str | Path) -> None:
         self._open[-1].artifacts[Path(path).name] = Path(path).read_bytes()
 
-    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> dict[str, Any] | None:
         self._open[-1].artifacts["model"] = sorted(p.name for p in folder.iterdir())
         return None
+
+    def has_live_version(self, entries: list[dict[str, Any]]) -> bool:
+        return True  # nothing is published, so nothing is missing
 
 
 class MlflowTracker:
@@ -92,8 +102,8 @@ class MlflowTracker:
         import mlflow
 
         self.mlflow = mlflow
-        uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
+        self.uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(config.experiment)
 
     @contextmanager
@@ -114,10 +124,32 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path) -> None:
         self.mlflow.log_artifact(str(path))
 
-    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> str | None:
+    def log_model(self, folder: Path, model_name: str, tags: Mapping[str, str]) -> dict[str, Any] | None:
         from orchestration.pyfunc import log_ensemble
+        from orchestration.registry import RUN_TAG, RegistryError
 
-        return log_ensemble(self.mlflow, folder, model_name, tags)
+        client = self.mlflow.MlflowClient()
+        run_id = tags.get(RUN_TAG, "")
+        try:
+            owner = client.get_registered_model(model_name).tags.get(RUN_TAG)
+        except self.mlflow.exceptions.MlflowException:
+            owner = None
+        if owner is not None and owner != run_id:
+            raise RegistryError(f"registered model {model_name!r} belongs to another run ({owner}); "
+                                "set tracking.model_name to a name of this run's own")
+        info = log_ensemble(self.mlflow, folder, model_name, tags)
+        client.set_registered_model_tag(model_name, RUN_TAG, run_id)
+        location = client.get_logged_model(info.model_id).artifact_location
+        return {"tracking_uri": self.uri, "name": model_name, "version": str(info.registered_model_version),
+                "model_id": info.model_id, "artifact_uri": location,
+                "uri": f"models:/{model_name}/{info.registered_model_version}"}
+
+    def has_live_version(self, entries: list[dict[str, Any]]) -> bool:
+        from orchestration.registry import DESTROYED_TAG
+
+        client = self.mlflow.MlflowClient()
+        return any(not client.get_model_version(e["name"], e["version"]).tags.get(DESTROYED_TAG)
+                   for e in entries if e["tracking_uri"] == self.uri)
 
 
 def make_tracker(config: TrackingConfig) -> Tracker:

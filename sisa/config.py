@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 AGGREGATIONS = ("vote", "mean")
 
@@ -43,12 +46,19 @@ class SisaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sisa.{name} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"sisa.lr must be positive, got {self.lr!r}")
+        # `not x > 0` (rather than `x <= 0`) also refuses NaN, which compares false to everything.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"sisa.lr must be a positive finite number, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"sisa.momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"sisa.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"sisa.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        try:
+            kind = torch.device(self.device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"sisa.device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {self.device!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"sisa.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
 

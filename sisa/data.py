@@ -7,6 +7,7 @@ that turns stored values into model inputs (1/255 for images kept as uint8).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -132,3 +133,15 @@ class SampleTable:
     def without(self, sample_ids: np.ndarray) -> SampleTable:
         """A new table without `sample_ids` (ids not present are ignored)."""
         return SampleTable(self.table.filter(~np.isin(self.ids, sample_ids)))
+
+    def digest(self) -> str:
+        """sha256 of the table's content: ids, labels, stored sample values, shape and scale, in id order.
+
+        A run records it so that a command given other data (another file, an edited row) is
+        refused instead of silently retraining a shard on it.
+        """
+        h = hashlib.sha256(json.dumps([list(self.sample_shape), self.scale, str(self._x.dtype)]).encode())
+        h.update(np.ascontiguousarray(self.ids, "<i8").tobytes())
+        h.update(np.ascontiguousarray(self.labels, "<i8").tobytes())
+        h.update(np.ascontiguousarray(self._x).tobytes())
+        return h.hexdigest()

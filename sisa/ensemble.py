@@ -1,9 +1,16 @@
 """SisaRun: a SISA ensemble living in a run directory, trained and unlearned exactly.
 
-    run_dir/run.json       fingerprint, seed and SISA config the run was made with
-    run_dir/ledger.jsonl   deletion requests (see ledger.py)
+    run_dir/run.json       run id, fingerprint, seed, SISA config and store the run was made with
+    run_dir/secret         the run's secret key (shard assignment, ledger MACs); never published
+    run_dir/ledger.jsonl   the tamper-evident record of the run and its requests (see ledger.py)
     run_dir/lock           held while a command changes the run
     run_dir/checkpoints/   the default checkpoint store (see store.py)
+
+A run is bound to what it was made from, and refuses anything else: its store (which names the
+run in RUN.json), its data (the digest of the data that remains after every request is in the
+ledger) and its ledger (whose head is anchored in the store, so truncating it is detected). A
+missing or broken ledger stops every command: training without it would learn deleted samples
+again.
 
 Every command that changes the run first finishes pending requests, so a crash between a
 ledger entry and the end of its retraining is completed by whatever command runs next.
@@ -13,10 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +37,17 @@ from torch import nn
 from sisa.aggregation import aggregate
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
-from sisa.errors import CheckpointMissingError, ConfigMismatchError, PendingRequestError, SisaError
-from sisa.ledger import Ledger
+from sisa.errors import (
+    CheckpointMissingError,
+    ConfigMismatchError,
+    LedgerError,
+    PendingRequestError,
+    RunBindingError,
+    SisaError,
+)
+from sisa.ledger import Ledger, Request
 from sisa.lock import run_lock
-from sisa.plan import ShardPlan, slice_keys
+from sisa.plan import ShardPlan, assignment_hashes, slice_keys
 from sisa.store import CheckpointStore
 from sisa.training import ModelFactory, ShardJob, ShardReport, ShardTrainer, SliceReport
 from sisa.unlearning import DeletionReport, purge_stale, validate_request
@@ -38,6 +57,24 @@ log = logging.getLogger(__name__)
 OnSlice = Callable[[SliceReport], None] | None
 Executor = Callable[[list[ShardJob], OnSlice], list[ShardReport]]
 """Runs shard jobs (in-process, or on a cluster) and returns one report per job."""
+Purger = Callable[["SisaRun", Request], list[dict[str, Any]]]
+"""Destroys what was derived from a request's ids outside the checkpoint store (derived models,
+published model versions, cached rows) and returns one record per thing destroyed. Runs while
+the request is served, before it is marked done; must be idempotent (a crashed request is served
+again)."""
+
+RUN_FORMAT = 2
+SECRET_BYTES = 32
+
+
+def resolve_store(run_dir: str | Path, store_uri: str | None) -> str:
+    """Where a run's checkpoints live: a URI as given, a relative path against the run dir, default
+    `run_dir/checkpoints`."""
+    if not store_uri:
+        store_uri = "checkpoints"
+    if "://" in store_uri or Path(store_uri).is_absolute():
+        return store_uri
+    return str(Path(run_dir).resolve() / store_uri)
 
 
 class SisaRun:
@@ -54,60 +91,179 @@ class SisaRun:
         store_uri: str | None = None,
         executor: Executor | None = None,
         lock_timeout: float | None = None,
+        secret: bytes | None = None,
+        purgers: Sequence[Purger] = (),
     ) -> None:
         """Open or create a run.
 
         Args:
-            run_dir: local directory for the manifest, ledger and lock.
-            table: the full training data, deleted samples included (the ledger masks them).
+            run_dir: local directory for the manifest, secret, ledger and lock.
+            table: the full training data; deleted samples may be included (the ledger masks them).
             model_factory: builds a fresh constituent model.
             config: SISA recipe.
-            seed: the run's seed.
+            seed: the run's seed (initialisation, batch orders, dropout).
             fingerprint: hash of everything that determines training (see config.fingerprint).
-            store_uri: checkpoint store location; default `run_dir/checkpoints`.
+            store_uri: checkpoint store: a pyarrow.fs URI, or a path (relative paths are taken
+                from run_dir); default `run_dir/checkpoints`.
             executor: runs shard jobs; default trains them one after another in this process.
             lock_timeout: seconds to wait for another command on the run; None waits.
+            secret: the key of the shard assignment, for a new run only; default a fresh random
+                key. Give the secret of another run to reproduce its assignment (an exactness
+                check, disaster recovery); an existing run refuses a different one.
+            purgers: destroy what lives outside the store and saw a request's ids (see Purger).
 
         Raises:
             ConfigMismatchError: run_dir was made with another fingerprint.
+            RunBindingError: the store, data or secret is not the run's own.
+            LedgerError: the ledger is missing, corrupt or was tampered with.
         """
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.table, self.config, self.seed, self.fingerprint = table, config, seed, fingerprint
-        self._check_manifest(store_uri)
-        self.store = CheckpointStore(store_uri or str(self.run_dir / "checkpoints"))
-        self.ledger = Ledger(self.run_dir / "ledger.jsonl")
+        self.lock_timeout = lock_timeout
+        self.purgers = list(purgers)
+        self._lock_depth = 0
+        new_dir = not self.run_dir.exists()
+        _prepare_dir(self.run_dir)
+        try:
+            with self.locked():
+                manifest, self._secret = self._open_or_create(store_uri, secret)
+                self.run_id: str = manifest["run_id"]
+                self.store = CheckpointStore(resolve_store(self.run_dir, manifest["store"]))
+                self.ledger = Ledger(self.run_dir / "ledger.jsonl", self._secret, self.run_id)
+                self._check_bindings()
+        except BaseException:
+            if new_dir:  # a run that could not be made leaves nothing behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        self._hashes = assignment_hashes(table.ids, self._secret)  # (n,) keyed hash of every table id
         self.trainer = ShardTrainer(table, model_factory, config, self.store, fingerprint, seed)
         self.executor = executor or self._run_here
-        self.lock_timeout = lock_timeout
 
-    def _check_manifest(self, store_uri: str | None) -> None:
+    # -- creation and binding ----------------------------------------------------------------
+    def _open_or_create(self, store_uri: str | None, secret: bytes | None) -> tuple[dict[str, Any], bytes]:
         path = self.run_dir / "run.json"
-        if path.exists():
-            made = json.loads(path.read_text())
-            if made["fingerprint"] != self.fingerprint:
-                raise ConfigMismatchError(
-                    f"{self.run_dir} was made with another configuration (fingerprint "
-                    f"{made['fingerprint'][:12]}, given {self.fingerprint[:12]}); use the config it "
-                    "was made with, or a new run directory"
-                )
-            return
-        manifest = {"fingerprint": self.fingerprint, "seed": self.seed, "sisa": asdict(self.config),
-                    "store": store_uri}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(path)
+        if not path.exists():
+            return self._create(store_uri, secret)
+        made = json.loads(path.read_text())
+        if made.get("format") != RUN_FORMAT:
+            raise RunBindingError(f"{self.run_dir} was made by an older version of this library (run format "
+                                  f"{made.get('format', 1)}, this one reads {RUN_FORMAT}); train a new run")
+        if made["fingerprint"] != self.fingerprint:
+            raise ConfigMismatchError(
+                f"{self.run_dir} was made with another configuration (fingerprint "
+                f"{made['fingerprint'][:12]}, given {self.fingerprint[:12]}); use the config it "
+                "was made with, or a new run directory"
+            )
+        try:
+            own = bytes.fromhex((self.run_dir / "secret").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            raise RunBindingError(f"{self.run_dir}/secret is missing or unreadable; without it the run's shard "
+                                  "assignment and ledger cannot be verified. Restore it from a backup") from None
+        if secret is not None and secret != own:
+            raise RunBindingError(f"{self.run_dir} exists with another secret than the one given")
+        if store_uri is not None and resolve_store(self.run_dir, store_uri) != resolve_store(self.run_dir, made["store"]):
+            made = self._move_store(path, made, store_uri)
+        return made, own
 
+    def _create(self, store_uri: str | None, secret: bytes | None) -> tuple[dict[str, Any], bytes]:
+        if (self.run_dir / "ledger.jsonl").exists():
+            raise LedgerError(f"{self.run_dir} has a ledger but no run.json; the run's manifest was lost. "
+                              "Restore run.json from a backup; creating a new run here would forget its deletions")
+        store = CheckpointStore(resolve_store(self.run_dir, store_uri))
+        owner = store.owner()
+        if owner is not None or store.entries():
+            raise RunBindingError(f"store {store.uri} already belongs to run {owner and owner.get('run_id')}; "
+                                  "give the new run its own store")
+        secret = secret if secret is not None else os.urandom(SECRET_BYTES)
+        run_id = uuid.uuid4().hex
+        _write_private(self.run_dir / "secret", secret.hex())
+        Ledger(self.run_dir / "ledger.jsonl", secret, run_id).create(self.table.digest())
+        store.claim(run_id)
+        manifest = {"format": RUN_FORMAT, "run_id": run_id, "fingerprint": self.fingerprint, "seed": self.seed,
+                    "sisa": asdict(self.config), "store": store_uri or None,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_atomic(self.run_dir / "run.json", json.dumps(manifest, indent=2))  # last: the run now exists
+        return manifest, secret
+
+    def _move_store(self, path: Path, made: dict[str, Any], store_uri: str) -> dict[str, Any]:
+        old = CheckpointStore(resolve_store(self.run_dir, made["store"]), create=False)
+        if old.exists() and (old.entries() or old.owner()):
+            raise RunBindingError(
+                f"{self.run_dir} keeps its checkpoints in {old.uri}, not {resolve_store(self.run_dir, store_uri)}: "
+                "changing the store would leave the old checkpoints behind, unpurged. Move the old store's files "
+                "(RUN.json included) to the new place and delete the old one, or keep the old store setting")
+        log.info("run %s: store moves to %s (the old one is gone or empty)", self.run_dir, store_uri)
+        made = {**made, "store": store_uri}
+        _write_atomic(path, json.dumps(made, indent=2))
+        return made
+
+    def _check_bindings(self) -> None:
+        if not self.ledger.exists():
+            raise LedgerError(f"{self.run_dir}/ledger.jsonl is missing: the record of this run's deletions is lost, "
+                              "and training without it would learn deleted samples again. Restore it from a backup")
+        created = self.ledger.created()  # reading verifies the whole chain
+        if created is None or created["run_id"] != self.run_id:
+            raise LedgerError(f"{self.run_dir}/ledger.jsonl does not belong to run {self.run_id}")
+        owner = self.store.owner()
+        if owner is None:
+            self.store.claim(self.run_id)  # an emptied store: training rebuilds it
+        elif owner.get("run_id") != self.run_id:
+            raise RunBindingError(f"store {self.store.uri} belongs to run {owner.get('run_id')}, not to "
+                                  f"{self.run_dir} (run {self.run_id}); give each run its own store")
+        elif owner.get("ledger_head") and owner["ledger_head"] not in self.ledger.macs():
+            raise LedgerError(f"{self.run_dir}/ledger.jsonl lacks records the store saw (it was truncated or "
+                              "replaced); restore the ledger from a backup")
+        expected = self.ledger.data_digest()
+        actual = self.table.without(self.ledger.deleted_ids()).digest()
+        if actual != expected:
+            raise RunBindingError(
+                f"the training data given to {self.run_dir} differs from the data the run was made with "
+                f"(digest {actual[:12]}, the run's {str(expected)[:12]}): a changed file, another data set, or "
+                "other settings; point the data settings back at the run's own data")
+
+    @property
+    def secret(self) -> bytes:
+        """The run's secret key (shard assignment, ledger MACs). Keep it private: never log or publish it."""
+        return self._secret
+
+    def _anchor(self) -> None:
+        self.store.set_anchor(self.run_id, self.ledger.head)
+
+    # -- locking ---------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock for a block; nested uses by this object hold it once.
+
+        Commands that change the run and then report on it (log its model, read its status)
+        hold the lock across both, so another command cannot slip in between.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with run_lock(self.run_dir / "lock", self.lock_timeout):
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    # -- the plan ------------------------------------------------------------------------------
     def _run_here(self, jobs: list[ShardJob], on_slice: OnSlice) -> list[ShardReport]:
         return [self.trainer.train(job, on_slice) for job in jobs]
 
-    def _lock(self):  # noqa: ANN202 - a context manager
-        return run_lock(self.run_dir / "lock", self.lock_timeout)
+    def retained_ids(self) -> np.ndarray:
+        """Sorted ids of the training data less every requested deletion (pending ones included)."""
+        return np.setdiff1d(self.table.ids, self.ledger.deleted_ids(), assume_unique=True)
 
     def plan(self) -> ShardPlan:
-        """The shard plan of the retained data: all ids minus every requested deletion."""
-        retained = np.setdiff1d(self.table.ids, self.ledger.deleted_ids(), assume_unique=True)
-        return ShardPlan.build(retained, self.config.num_shards, self.config.num_slices, self.seed)
+        """The shard plan of the retained data."""
+        retained = self.retained_ids()
+        hashes = self._hashes[np.searchsorted(self.table.ids, retained)]
+        return ShardPlan.from_hashes(retained, hashes, self.config.num_shards, self.config.num_slices)
 
     def jobs(self, plan: ShardPlan, shards: Sequence[int] | None = None) -> list[ShardJob]:
         """Jobs for `shards` (default all) that still hold samples; empty shards drop out."""
@@ -115,35 +271,52 @@ class SisaRun:
         jobs = [ShardJob(s, plan.slice_ids(s)) for s in chosen]
         return [job for job in jobs if job.num_samples]
 
+    # -- training and deletion -------------------------------------------------------------------
     def train(self, on_slice: OnSlice = None) -> list[ShardReport]:
         """Train every shard up to its last slice, resuming from valid checkpoints."""
-        with self._lock():
+        with self.locked():
             self._finish_pending(on_slice)
             plan = self.plan()
             reports = self.executor(self.jobs(plan), on_slice)
             purge_stale(self.store, plan, self.fingerprint, list(range(plan.num_shards)))
             return reports
 
-    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "",
-               on_slice: OnSlice = None) -> DeletionReport:
-        """Exactly unlearn `sample_ids`: record, retrain what saw them, purge their checkpoints.
+    def validate(self, sample_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Check a request without recording it; returns its ids sorted.
+
+        Raises:
+            InvalidRequestError: empty, non-integer, negative, duplicate, unknown or already deleted ids.
+        """
+        return validate_request(sample_ids, self.table.ids, self.ledger.requests())
+
+    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", on_slice: OnSlice = None,
+               keys: list[str] | None = None) -> DeletionReport:
+        """Exactly unlearn `sample_ids`: record, retrain what saw them, destroy what saw them.
+
+        Args:
+            sample_ids: the ids to delete.
+            reason: why (kept in the ledger).
+            on_slice: called after every retrained slice.
+            keys: the data set's own ids of the samples, when those are not the sample_ids
+                (kept in the ledger for the audit trail).
 
         Raises:
             InvalidRequestError: the request is invalid; nothing was recorded or changed.
         """
-        with self._lock():
+        with self.locked():
             self._finish_pending(on_slice)
-            plan = self.plan()
-            ids = validate_request(sample_ids, self.table.ids, self.ledger.requests())
-            dirty = plan.earliest_slices(ids)
-            request_id = self.ledger.record_request(ids, reason)
+            ids = self.validate(sample_ids)
+            dirty = self.plan().earliest_slices(ids)
+            remaining = self.table.without(np.union1d(self.ledger.deleted_ids(), ids)).digest()
+            request_id = self.ledger.record_request(ids, reason, remaining, keys)
+            self._anchor()
             report = DeletionReport(request_id, ids, dirty)
             self._serve(report, list(dirty), on_slice)
             return report
 
     def finish_pending(self, on_slice: OnSlice = None) -> list[DeletionReport]:
         """Finish requests recorded but interrupted before their retraining ended."""
-        with self._lock():
+        with self.locked():
             return self._finish_pending(on_slice)
 
     def _finish_pending(self, on_slice: OnSlice) -> list[DeletionReport]:
@@ -161,10 +334,24 @@ class SisaRun:
         began = time.perf_counter()
         plan = self.plan()
         report.shards = self.executor(self.jobs(plan, shards), on_slice)
-        report.purged = len(purge_stale(self.store, plan, self.fingerprint, shards))
+        report.destroyed = purge_stale(self.store, plan, self.fingerprint, shards)
+        self.ledger.record_destroyed(report.request_id, report.destroyed)
+        request = next(r for r in self.ledger.requests() if r.request_id == report.request_id)
+        for purger in self.purgers:
+            items = purger(self, request)
+            self.ledger.record_destroyed(report.request_id, items)
+            report.destroyed += items
         report.seconds = time.perf_counter() - began
         self.ledger.record_done(report.request_id, report.retrained, report.samples_epochs, report.seconds)
+        self._anchor()
 
+    def record_version(self, request_id: str, uri: str) -> None:
+        """Record in the ledger the model version published after `request_id`."""
+        with self.locked():
+            self.ledger.record_version(request_id, uri)
+            self._anchor()
+
+    # -- models ------------------------------------------------------------------------------------
     def constituents(self) -> list[tuple[int, nn.Module]]:
         """(shard, model) of every non-empty shard, loaded from verified final checkpoints.
 
@@ -176,7 +363,7 @@ class SisaRun:
         if pending:
             raise PendingRequestError(
                 f"deletion request {pending[0].request_id} is not finished; some models may still "
-                "have seen its samples. Finish it first (train, forget or finish_pending)."
+                "have seen its samples. Finish it first (SisaRun.finish_pending, or any training command)."
             )
         plan, models = self.plan(), []
         for job in self.jobs(plan):
@@ -201,3 +388,39 @@ class SisaRun:
     def predict(self, x: torch.Tensor, how: str | None = None) -> torch.Tensor:
         """Ensemble labels (samples,) by `how` ('vote' or 'mean'; default the config's)."""
         return aggregate(self.logits(x), how or self.config.aggregation)
+
+    def from_scratch(self, run_dir: str | Path, executor: Executor | None = None) -> SisaRun:
+        """A new run on this run's retained data with the same recipe, seed and secret.
+
+        Training it from scratch must give constituents bit-identical (CPU) to this run's: the
+        check an auditor runs to see that deletions were exact.
+        """
+        retained = self.table.take(self.retained_ids())
+        return SisaRun(run_dir, retained, self.trainer.model_factory, self.config, self.seed, self.fingerprint,
+                       executor=executor, lock_timeout=self.lock_timeout, secret=self._secret)
+
+
+def _prepare_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunBindingError(f"run directory {run_dir} is a file; give a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunBindingError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunBindingError(f"run directory {run_dir} is not writable")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (the run's secret)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)

@@ -27,3 +27,11 @@ class PendingRequestError(SisaError):
 
 class RunLockedError(SisaError):
     """Another command holds the run directory's lock."""
+
+
+class LedgerError(SisaError):
+    """The ledger is missing, corrupt or fails its tamper check; the run cannot be trusted as it is."""
+
+
+class RunBindingError(SisaError, ValueError):
+    """A run was given a store, data or secret that is not its own (another run's store, changed data, ...)."""

@@ -27,9 +27,15 @@ class DeletionReport:
     dirty: dict[int, int]
     """Affected shard -> earliest slice holding a deleted id."""
     shards: list[ShardReport] = field(default_factory=list)
-    purged: int = 0
-    """Checkpoints deleted because they saw a deleted id (or became unreachable)."""
+    destroyed: list[dict] = field(default_factory=list)
+    """Everything destroyed because it saw a deleted id: checkpoints, and what the run's purgers
+    destroyed (derived models, published model versions, cached rows); one record each."""
     seconds: float = 0.0
+
+    @property
+    def purged(self) -> int:
+        """Checkpoints deleted because they saw a deleted id (or became unreachable)."""
+        return sum(1 for item in self.destroyed if item.get("kind") == "checkpoint")
 
     @property
     def retrained(self) -> dict[int, list[int]]:
@@ -42,12 +48,21 @@ class DeletionReport:
         return sum(r.samples_epochs for r in self.shards)
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _as_ids(sample_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     ids = np.asarray(sample_ids)
     if ids.ndim != 1:
         raise InvalidRequestError(f"sample ids must be a flat list, got shape {ids.shape}")
     if ids.size == 0:
         raise InvalidRequestError("the request names no sample ids; give at least one")
+    if ids.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in ids.tolist()):
+        too_big = [v for v in ids.tolist() if not -_INT64_MAX - 1 <= v <= _INT64_MAX]
+        raise InvalidRequestError(f"sample ids must fit in 64-bit signed integers (at most {_INT64_MAX}); got {too_big[:5]}")
+    if ids.dtype.kind == "u" and ids.max() > _INT64_MAX:
+        raise InvalidRequestError(f"sample ids must fit in 64-bit signed integers (at most {_INT64_MAX}); "
+                                  f"got {ids[ids > _INT64_MAX][:5].tolist()}")
     if ids.dtype.kind not in "iu":
         shown = [v for v in ids.tolist() if not isinstance(v, int) or isinstance(v, bool)][:5]
         raise InvalidRequestError(f"sample ids must be integers; got {shown or ids[:5].tolist()!r}")
@@ -91,13 +106,13 @@ def expected_keys(plan: ShardPlan, fingerprint: str, shard: int) -> set[str]:
     return set(slice_keys(fingerprint, shard, slices))
 
 
-def purge_stale(store: CheckpointStore, plan: ShardPlan, fingerprint: str, shards: list[int]) -> list[CheckpointEntry]:
-    """Delete every checkpoint of `shards` that the current plan does not reach.
+def purge_stale(store: CheckpointStore, plan: ShardPlan, fingerprint: str, shards: list[int]) -> list[dict]:
+    """Delete every checkpoint of `shards` that the current plan does not reach; one record each.
 
     Under a plan without the deleted ids, a checkpoint that saw one has a key no slice has any
     more, so this removes all of them (and leftovers of interrupted writes).
     """
-    removed: list[CheckpointEntry] = []
+    removed: list[dict] = []
     for shard in shards:
         removed += store.purge(shard, expected_keys(plan, fingerprint, shard))
     return removed

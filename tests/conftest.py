@@ -67,6 +67,13 @@ def open_run(path: Path, table: SampleTable, config: SisaConfig = SMALL, **kwarg
     return SisaRun(path, table, tiny_model, config, seed=7, fingerprint="test-run", **kwargs)
 
 
+def scratch_of(run: SisaRun, path: Path, table: SampleTable, config: SisaConfig = SMALL) -> SisaRun:
+    """A new run on `table` with `run`'s secret (so the same shard assignment), trained from scratch."""
+    scratch = open_run(path, table, config, secret=run.secret)
+    scratch.train()
+    return scratch
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 

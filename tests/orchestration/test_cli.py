@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestration.cli import main
+from orchestration.runs import open_session
 from sisa import CheckpointStore
 from sisa.unlearning import audit
 from tests.conftest import shared_data
@@ -65,7 +66,7 @@ def test_forget_reads_ids_from_text_and_parquet_files(digits_run, tmp_path, caps
 def test_forget_with_bad_ids_exits_2_with_a_clear_message_and_records_nothing(digits_run, capsys, ids, message):
     code, _, err = run_cli(capsys, "forget", "--run-dir", digits_run, "--ids", ids)
     assert code == 2 and message in err
-    assert not (tmp := __import__("pathlib").Path(digits_run) / "ledger.jsonl").exists() or tmp.read_text() == ""
+    assert open_session(digits_run).run.ledger.requests() == []
 
 
 def test_existing_run_dir_refuses_another_training_config(digits_run, capsys):

@@ -15,12 +15,14 @@ pytestmark = pytest.mark.ray
 SETTINGS = ["sisa.num_shards=3", "sisa.num_slices=3", "sisa.epochs=6", "tracking.enabled=false"]
 
 
-def _session(path, engine, fault=None, extra=()):
-    return open_session(path, overrides=[*SETTINGS, f"ray.engine={engine}", *extra], create=True, fault=fault)
+def _session(path, engine, fault=None, extra=(), secret=None):
+    return open_session(path, overrides=[*SETTINGS, f"ray.engine={engine}", *extra], create=True, fault=fault,
+                        secret=secret)
 
 
 def test_ray_engine_gives_the_same_ensemble_as_the_local_engine(tmp_path, ray_cluster):
-    local, remote = _session(tmp_path / "local", "local"), _session(tmp_path / "ray", "ray")
+    local = _session(tmp_path / "local", "local")
+    remote = _session(tmp_path / "ray", "ray", secret=local.run.secret)  # the same shard assignment
     for session in (local, remote):
         session.run.train()
         session.run.forget([3, 17, 42, 500])
@@ -45,7 +47,7 @@ def test_killed_actor_is_restarted_and_resumes_from_its_last_slice_checkpoint(tm
     assert (by_shard[1].resumed_from, by_shard[1].retrained_slices) == (1, [2])
     assert [by_shard[s].retrained_slices for s in (0, 2)] == [[0, 1, 2], [0, 1, 2]]
     session.run.executor.close()  # its actors hold the cluster's CPUs
-    reference = _session(tmp_path / "undisturbed", "ray")
+    reference = _session(tmp_path / "undisturbed", "ray", secret=session.run.secret)
     reference.run.train()
     for (_, a), (_, b) in zip(reference.run.constituents(), session.run.constituents()):
         assert_bit_identical(a, b)

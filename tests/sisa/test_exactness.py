@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sisa.unlearning import audit
-from tests.conftest import SMALL, assert_bit_identical, open_run
+from tests.conftest import SMALL, assert_bit_identical, open_run, scratch_of
 
 
 def _file_stamps(run) -> dict[str, tuple[int, bytes]]:
@@ -28,8 +28,7 @@ def test_forget_is_bit_identical_to_training_from_scratch_without_the_ids(tmp_pa
 
     report = run.forget(forget)
 
-    scratch = open_run(tmp_path / "scratch", table.without(forget))
-    scratch.train()
+    scratch = scratch_of(run, tmp_path / "scratch", table.without(forget))
     ours, theirs = run.constituents(), scratch.constituents()
     assert [s for s, _ in ours] == [s for s, _ in theirs] == [0, 1, 2]
     for (_, a), (_, b) in zip(ours, theirs):
@@ -95,8 +94,7 @@ def test_forget_with_sparse_checkpoints_resumes_further_back_and_stays_bit_ident
     report = run.forget(forget)
 
     assert report.retrained == {0: [2, 3]}
-    scratch = open_run(tmp_path / "scratch", table.without(forget), config)
-    scratch.train()
+    scratch = scratch_of(run, tmp_path / "scratch", table.without(forget), config)
     for (_, a), (_, b) in zip(run.constituents(), scratch.constituents()):
         assert_bit_identical(a, b)
 

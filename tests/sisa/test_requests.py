@@ -12,7 +12,7 @@ from sisa import CheckpointCorruptError, ConfigMismatchError, InvalidRequestErro
 from sisa.errors import RunLockedError
 from sisa.lock import run_lock
 from sisa.unlearning import audit
-from tests.conftest import SMALL, assert_bit_identical, open_run, tiny_model
+from tests.conftest import SMALL, assert_bit_identical, open_run, scratch_of, tiny_model
 
 
 @pytest.fixture
@@ -105,8 +105,7 @@ def test_crash_between_ledger_entry_and_retraining_is_finished_by_the_next_comma
     assert [r.request_id for r in finished] == ["r-0001"] and trained.ledger.pending() == []
     assert finished[0].retrained == {2: [1, 2]}, "shard 0 was already done before the crash"
     assert audit(trained.store, forget) == []
-    scratch = open_run(tmp_path / "scratch", table.without(forget))
-    scratch.train()
+    scratch = scratch_of(trained, tmp_path / "scratch", table.without(forget))
     for (_, a), (_, b) in zip(trained.constituents(), scratch.constituents()):
         assert_bit_identical(a, b)
 

@@ -57,5 +57,46 @@ def test_store_purge_removes_other_keys_and_uncommitted_files(tmp_path):
     (tmp_path / "shard-000" / "slice-02-orphan.pt").write_bytes(b"no manifest")
     (tmp_path / "shard-000" / "slice-02-x.pt.tmp-1").write_bytes(b"half written")
     removed = store.purge(0, keep={"keep"})
-    assert [e.key for e in removed] == ["stale"]
+    assert [(r["kind"], r["slice"], r["key"]) for r in removed] == [("checkpoint", 1, "stale")]
+    assert removed[0]["sha256"] and removed[0]["nbytes"] > 0
     assert sorted(p.name for p in (tmp_path / "shard-000").iterdir()) == ["slice-00-keep.json", "slice-00-keep.pt"]
+
+
+def test_store_refuses_a_valid_checkpoint_copied_under_another_shard_slice_or_key(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    store.save(0, 1, "aaa", STATE, np.array([1]), "fp")
+    source = tmp_path / "shard-000" / "slice-01-aaa"
+    for shard, slice_, key in ((3, 1, "aaa"), (0, 2, "aaa"), (0, 1, "bbb")):
+        target = tmp_path / f"shard-{shard:03d}" / f"slice-{slice_:02d}-{key}"
+        target.parent.mkdir(exist_ok=True)
+        for suffix in (".pt", ".json"):
+            target.with_suffix(suffix).write_bytes(source.with_suffix(suffix).read_bytes())
+        with pytest.raises(CheckpointCorruptError, match="not its own"):
+            store.load(shard, slice_, key)
+
+
+def test_store_refuses_a_manifest_whose_identity_or_ids_were_edited_to_match(tmp_path):
+    import json
+
+    store = CheckpointStore(str(tmp_path))
+    store.save(0, 1, "aaa", STATE, np.array([1, 2]), "fp")
+    path = tmp_path / "shard-000" / "slice-01-aaa.json"
+    original = json.loads(path.read_text())
+    for field, value in (("sample_ids", [1]), ("fingerprint", "other")):
+        path.write_text(json.dumps({**original, field: value}))
+        with pytest.raises(CheckpointCorruptError, match="fails its checksum"):
+            store.load(0, 1, "aaa")
+
+
+def test_store_belongs_to_the_run_that_claimed_it(tmp_path):
+    from sisa.errors import RunBindingError
+
+    store = CheckpointStore(str(tmp_path))
+    store.claim("run-a")
+    store.claim("run-a")  # the owner again: fine
+    with pytest.raises(RunBindingError, match="belongs to run run-a"):
+        store.claim("run-b")
+    other = CheckpointStore(str(tmp_path / "other"))
+    other.save(0, 0, "k", STATE, np.array([1]), "fp")
+    with pytest.raises(RunBindingError, match="unknown run"):
+        other.claim("run-c")

@@ -172,20 +172,26 @@ def cmd_status(args: argparse.Namespace) -> None:
     session = _session(args)
     info = describe(session)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(info, indent=2))
         return
-    for key, value in info.items():
-        if key == "shards":
-            print("shards:")
-            for row in value:
-                print(f"  shard {row['shard']:>3}: {row['samples']:>6} samples, checkpoints {row['checkpoints']}")
-        elif key == "requests":
-            print(f"requests: {len(value)}")
-            for row in value:
-                print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) {row['state']}"
-                      f"{' ' + row['reason'] if row['reason'] else ''}")
-        else:
-            print(f"{key}: {value}")
+    d, s, store = info["data"], info["sisa"], info["store"]
+    print(f"run: {info['run']} (id {info['run_id']})")
+    print(f"data: {d['name']}: {d['train']} training samples ({d['retained']} retained), {d['test']} test")
+    print(f"model: {info['model']}, seed {info['seed']}")
+    print(f"sisa: {s['num_shards']} shards x {s['num_slices']} slices, {s['epochs']} epochs "
+          f"({s['slice_epochs']} per slice), aggregation {s['aggregation']}")
+    print(f"store: {store['uri']}: {store['checkpoints']} checkpoints, {store['bytes'] / 1e6:.2f} MB")
+    print("shards (checkpoints: + present, . missing):")
+    for row in info["shards"]:
+        marks = "".join("+" if present else "." for present in row["checkpoints"]) or "(empty shard)"
+        print(f"  shard {row['shard']:>3}: {row['samples']:>6} samples, checkpoints {marks}")
+    print(f"requests: {len(info['requests'])}")
+    for row in info["requests"]:
+        state = "pending" if row["state"] == "pending" else f"done, retrained {row['retrained']}"
+        print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) {state}"
+              f"{' ' + row['reason'] if row['reason'] else ''}")
+    accuracy = info["test_accuracy"]
+    print(f"test accuracy: {accuracy}" if accuracy else f"test accuracy unavailable: {info['test_accuracy_unavailable']}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ class DataConfig:
     synthetic_classes: int = 4
     """Classes in the synthetic data set."""
 
+    def __post_init__(self) -> None:
+        if self.train_limit < 0:
+            raise ValueError(f"data.train_limit must be >= 0 (0 = all samples), got {self.train_limit!r}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -47,6 +52,12 @@ class ModelConfig:
     """Hidden units of the MLP."""
     channels: int = 32
     """Channels of the first convolution of the small CNN."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "channels"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,7 @@ def _build(cls: type, values: dict[str, Any], where: str, default: Any = None) -
     return dataclasses.replace(default, **kwargs)
 
 
-_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_KIND = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -228,11 +239,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 if text.lower() not in ("true", "false"):
                     raise ValueError
                 return text.lower() == "true"
-            return hint(text)
+            value = hint(text)
+            if hint is float and not math.isfinite(value):
+                raise ValueError
+            return value
         except ValueError:
             raise ValueError(f"{key} must be {_KIND[hint]}, got {value!r}") from None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{key} must be {_KIND[hint]}, got {value!r}")
     return value

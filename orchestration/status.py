@@ -18,35 +18,37 @@ def accuracies(session: Session) -> dict[str, float]:
 
 
 def describe(session: Session) -> dict[str, Any]:
-    """Config, shards with their checkpoints, requests, store size and test accuracy."""
+    """Config, shards with their checkpoints, requests, store size and test accuracy, as plain fields."""
     run, config = session.run, session.config
     plan = run.plan()
     present = {(e.shard, e.slice, e.key) for e in run.store.entries()}
     shards = []
     for shard, size in enumerate(plan.shard_sizes().tolist()):
         keys = slice_keys(run.fingerprint, shard, plan.slice_ids(shard)) if size else []
-        marks = "".join("+" if (shard, r, k) in present else "." for r, k in enumerate(keys))
-        shards.append({"shard": shard, "samples": size, "checkpoints": marks or "(empty shard)"})
+        shards.append({"shard": shard, "samples": size, "checkpoints": [(shard, r, k) in present for r, k in enumerate(keys)]})
     requests = [
         {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids), "reason": r.reason,
-         "state": "pending" if r.done is None else f"done, retrained {r.done['retrained']}"}
+         "state": "pending" if r.done is None else "done",
+         "retrained": None if r.done is None else {int(k): v for k, v in r.done["retrained"].items()},
+         "samples_epochs": None if r.done is None else r.done["samples_epochs"],
+         "destroyed": len(r.destroyed), "versions": r.versions}
         for r in run.ledger.requests()
     ]
     s = config.sisa
     info: dict[str, Any] = {
-        "run": str(run.run_dir),
-        "data": f"{config.data.name}: {len(run.table)} training samples ({len(plan)} retained), "
-                f"{len(session.test)} test",
+        "run": str(run.run_dir), "run_id": run.run_id,
+        "data": {"name": config.data.name, "train": len(run.table), "retained": len(plan), "test": len(session.test)},
         "model": config.model.name,
         "seed": config.seed,
-        "sisa": f"{s.num_shards} shards x {s.num_slices} slices, {s.epochs} epochs "
-                f"({s.slice_epochs} per slice), aggregation {s.aggregation}",
-        "store": f"{run.store.uri}: {len(present)} checkpoints, {run.store.nbytes() / 1e6:.2f} MB",
+        "sisa": {"num_shards": s.num_shards, "num_slices": s.num_slices, "epochs": s.epochs,
+                 "slice_epochs": s.slice_epochs, "aggregation": s.aggregation},
+        "store": {"uri": run.store.uri, "checkpoints": len(present), "bytes": run.store.nbytes()},
         "shards": shards,
         "requests": requests,
+        "test_accuracy": None,
     }
     try:
-        info["test accuracy"] = {how: round(value, 4) for how, value in accuracies(session).items()}
+        info["test_accuracy"] = {how: round(value, 4) for how, value in accuracies(session).items()}
     except SisaError as err:
-        info["test accuracy"] = f"unavailable: {err}"
+        info["test_accuracy_unavailable"] = str(err)
     return info

@@ -41,8 +41,10 @@ def test_train_forget_status_predict_on_digits(digits_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "status", "--run-dir", digits_run, "--json")
     info = json.loads(out)
     assert code == 0 and info["requests"][0]["reason"] == "gdpr" and info["requests"][0]["num_ids"] == 3
-    assert "1435 retained" in info["data"] and all(s["checkpoints"] == "++" for s in info["shards"])
-    assert info["test accuracy"]["vote"] > 0.5
+    assert info["data"] == {"name": "digits", "train": 1438, "retained": 1435, "test": 359}
+    assert all(s["checkpoints"] == [True, True] for s in info["shards"])
+    assert info["requests"][0]["state"] == "done" and info["requests"][0]["destroyed"] > 0
+    assert isinstance(info["store"]["bytes"], int) and info["test_accuracy"]["vote"] > 0.5
 
     code, out, _ = run_cli(capsys, "predict", "--run-dir", digits_run, "--output", str(tmp_path / "p.csv"))
     assert code == 0 and "test accuracy (vote)" in out
@@ -89,3 +91,70 @@ def test_train_and_forget_on_mnist_from_shared_data(tmp_path, capsys):
     assert code == 0 and "3 sample(s) forgotten" in out
     accuracy = float(out.rsplit("test accuracy: ", 1)[1])
     assert accuracy > 0.75
+
+
+BAD_SETTINGS = [
+    ("sisa.lr=nan", "sisa.lr must be a finite number"),
+    ("sisa.lr=inf", "sisa.lr must be a finite number"),
+    ("sisa.weight_decay=nan", "sisa.weight_decay must be a finite number"),
+    ("model.hidden=0", "model.hidden must be a positive integer"),
+    ("data.train_limit=-1", "data.train_limit must be >= 0"),
+    ("sisa.device=banana", "sisa.device must be a torch device"),
+    ("sisa.device=cuda", "sees no CUDA device"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), BAD_SETTINGS)
+def test_train_with_a_bad_setting_says_so_in_one_line_and_writes_nothing(tmp_path, capsys, setting, message):
+    if setting == "sisa.device=cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out, err = run_cli(capsys, "train", "--run-dir", str(tmp_path / "run"), "--set", setting, *FAST)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_paths_are_refused_in_one_line_with_nothing_written(digits_run, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["train", "--run-dir", str(tmp_path / "a-file"), *FAST], "is a file"),
+        (["train", "--run-dir", str(tmp_path / "a-file" / "run"), *FAST], "cannot create run directory"),
+        (["forget", "--run-dir", digits_run, "--ids-file", str(tmp_path)], "is not a file"),
+        (["predict", "--run-dir", digits_run, "--output", str(tmp_path / "missing" / "p.csv")], "does not exist"),
+        (["forget", "--run-dir", digits_run, "--ids", str(2**63)], "64-bit signed integers"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "missing").exists() and open_session(digits_run).run.ledger.requests() == []
+
+
+def test_a_pending_request_names_the_command_that_finishes_it(digits_run, capsys):
+    session = open_session(digits_run)
+    session.run.executor = lambda jobs, on_slice: (_ for _ in ()).throw(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        session.run.forget([11])
+    code, _, err = run_cli(capsys, "predict", "--run-dir", digits_run)
+    assert code == 2 and f"unlearn forget --run-dir {digits_run} --resume" in err
+    code, out, _ = run_cli(capsys, "forget", "--run-dir", digits_run, "--resume", "--engine", "local", "--no-track")
+    assert code == 0 and "request r-0001: 1 sample(s) forgotten" in out
+
+
+def test_ctrl_c_prints_one_line_not_a_traceback(digits_run, capsys, monkeypatch):
+    from orchestration import commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "forget", interrupted)
+    code, _, err = run_cli(capsys, "forget", "--run-dir", digits_run, "--ids", "3", "--no-track")
+    assert code == 130 and "Traceback" not in err and "interrupted" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_dir_with_a_colon_is_tracked_under_a_valid_model_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--run-dir", str(tmp_path / "team:a"),
+                           *[a for a in FAST if a != "--no-track"])
+    assert code == 0, err
+    from orchestration.registry import published
+
+    assert published(tmp_path / "team:a")[0]["name"].startswith("unlearn-team-a-")

@@ -25,7 +25,8 @@ def describe(session: Session) -> dict[str, Any]:
     shards = []
     for shard, size in enumerate(plan.shard_sizes().tolist()):
         keys = slice_keys(run.fingerprint, shard, plan.slice_ids(shard)) if size else []
-        shards.append({"shard": shard, "samples": size, "checkpoints": [(shard, r, k) in present for r, k in enumerate(keys)]})
+        stored = [(shard, r, k) in present for r, k in enumerate(keys)]
+        shards.append({"shard": shard, "samples": size, "checkpoints": stored})
     requests = [
         {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids), "reason": r.reason,
          "state": "pending" if r.done is None else "done",

@@ -48,27 +48,33 @@ class FaultSpec:
 
 
 class ShardWorker:
-    """Trains shard jobs of one run; holds the training data in memory between jobs."""
+    """Trains shard jobs of one run; torch threads follow the CPUs reserved per shard."""
 
     def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
-                 train: SampleTable | None = None, num_classes: int | None = None) -> None:
-        """Build a ShardTrainer; torch threads follow the CPUs reserved per shard.
-
-        The training data comes from the driver when given (through Ray's object store, so no
-        worker re-reads or re-decodes it), else it is loaded from the config.
-        """
+                 num_classes: int | None = None) -> None:
         torch.set_num_threads(max(1, round(config.ray.num_cpus_per_shard)))
-        if train is None or num_classes is None:
-            train, test = load_dataset(config.data)
-            num_classes = max(train.num_classes, test.num_classes)
-        factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
-        self.trainer = ShardTrainer(train, factory, config.sisa, CheckpointStore(store_uri), config.fingerprint(),
-                                    config.seed, on_batch=fault)
+        self.config, self.store_uri, self.fault, self.num_classes = config, store_uri, fault, num_classes
+        self._trainer: ShardTrainer | None = None
+        self._table_id: int | None = None
 
-    def train(self, job: ShardJob) -> ShardReport:
+    def _trainer_for(self, train: SampleTable | None) -> ShardTrainer:
+        """A trainer over `train` (the driver's data, from Ray's object store), or the config's data."""
+        if self._trainer is not None and (train is None or id(train) == self._table_id):
+            return self._trainer
+        num_classes = self.num_classes
+        if train is None or num_classes is None:
+            train, test = load_dataset(self.config.data)
+            num_classes = max(train.num_classes, test.num_classes)
+        factory = functools.partial(build_model, self.config.model, train.sample_shape, num_classes)
+        self._trainer = ShardTrainer(train, factory, self.config.sisa, CheckpointStore(self.store_uri),
+                                     self.config.fingerprint(), self.config.seed, on_batch=self.fault)
+        self._table_id = id(train)
+        return self._trainer
+
+    def train(self, job: ShardJob, train: SampleTable | None = None) -> ShardReport:
         """Bring the shard's checkpoints up to date (see sisa.ShardTrainer.train)."""
-        return self.trainer.train(job)
+        return self._trainer_for(train).train(job)
 
     def ready(self) -> bool:
-        """Returns once the worker is constructed (its data loaded)."""
+        """Returns once the worker is constructed."""
         return True

@@ -341,10 +341,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OWN = ("sisa", "approx", "orchestration")
+
+
+class _Formatter(logging.Formatter):
+    """Our own progress lines as plain text; anything else (or worse than INFO) with its level and source."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        own = record.name.split(".")[0] in _OWN
+        return record.getMessage() if own and record.levelno == logging.INFO else \
+            f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+def _configure_logging() -> None:
+    """Our packages log progress at INFO; other libraries are heard only when they warn."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    for name in _OWN:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `unlearn` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     try:
         return args.func(args) or 0
     except PendingRequestError as err:

@@ -25,14 +25,22 @@ class ShardFailedError(SisaError):
 
 
 def ensure_ray(address: str = "", num_cpus: int | None = None):  # noqa: ANN201 - the ray module
-    """Import ray and connect: to `address` or $RAY_ADDRESS if set, else a new local cluster."""
+    """Import ray and connect: to `address` or $RAY_ADDRESS if set, else start a new local cluster.
+
+    A new local cluster is the default even when a `ray start` cluster runs on this machine (Ray
+    itself would join the most recent one): joining a cluster is asked for, never guessed. The
+    dashboard UI is off (Ray still starts its API server process). Says in one log line which
+    cluster the command uses.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user cluster needs no token
     import ray
 
     if not ray.is_initialized():
-        target = address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=target, num_cpus=None if target else num_cpus, include_dashboard=False,
+        target = address or os.environ.get("RAY_ADDRESS") or ""
+        ray.init(address=target or "local", num_cpus=None if target else num_cpus, include_dashboard=False,
                  log_to_driver=True, logging_level=logging.WARNING)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        log.info("ray: %s (%d CPUs)", f"joined the cluster at {target}" if target else "started a local cluster", cpus)
     return ray
 
 
@@ -43,7 +51,7 @@ class RayExecutor:
                  train: SampleTable | None = None, num_classes: int | None = None) -> None:
         """Prepare the pool; Ray is started or joined, and the data shared, on the first job."""
         self.ray = None
-        self.train, self.num_classes, self._train_ref = train, num_classes, None
+        self.train, self.num_classes, self._data_ref = train, num_classes, None
         data = dataclasses.replace(config.data, cache_dir=str(cache_dir(config.data)))
         self.config = dataclasses.replace(config, data=data)
         self.store_uri, self.fault = store_uri, fault
@@ -74,11 +82,16 @@ class RayExecutor:
                 num_cpus=r.num_cpus_per_shard, num_gpus=r.num_gpus_per_shard, max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             )
-            if self.train is not None and self._train_ref is None:
-                self._train_ref = self.ray.put(self.train)  # once; every actor maps the same copy
-            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self._train_ref,
-                                              self.num_classes))
+            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self.num_classes))
         return self._actors[index]
+
+    def _train_ref(self):  # noqa: ANN202 - an ObjectRef
+        # Put once; every job names it, so every actor maps the same copy. It travels with each
+        # task rather than the actor's constructor: Ray cannot promise a restarted actor its
+        # constructor's object-store arguments, while a retried task gets its arguments again.
+        if self._data_ref is None and self.train is not None:
+            self._data_ref = self.ray.put(self.train)
+        return self._data_ref
 
     def __call__(self, jobs: list[ShardJob], on_slice: OnSlice = None) -> list[ShardReport]:
         """Train `jobs` in parallel, collecting results as shards finish.
@@ -95,7 +108,7 @@ class RayExecutor:
         while in_flight or (pending and failed is None):
             while pending and idle and failed is None:
                 index, job = idle.pop(), pending.popleft()
-                in_flight[self._actor(index).train.remote(job)] = (index, job)
+                in_flight[self._actor(index).train.remote(job, self._train_ref())] = (index, job)
             [ref], _ = self.ray.wait(list(in_flight), num_returns=1)
             index, job = in_flight.pop(ref)
             try:

@@ -75,6 +75,7 @@ def _publish(tracker: Tracker, session: Session, tags: dict[str, str]) -> str | 
     if entry is None:
         return None
     record_published(run, entry)
+    log.info("registered %s", entry["uri"])
     return entry["uri"]
 
 

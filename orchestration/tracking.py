@@ -99,6 +99,7 @@ class MlflowTracker:
 
     def __init__(self, config: TrackingConfig) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's warnings, not its progress chatter
         import mlflow
 
         self.mlflow = mlflow
@@ -137,7 +138,13 @@ class MlflowTracker:
         if owner is not None and owner != run_id:
             raise RegistryError(f"registered model {model_name!r} belongs to another run ({owner}); "
                                 "set tracking.model_name to a name of this run's own")
-        info = log_ensemble(self.mlflow, folder, model_name, tags)
+        from mlflow.utils.logging_utils import disable_logging, enable_logging
+
+        disable_logging()  # "Successfully registered model ...": the command says what it registered
+        try:
+            info = log_ensemble(self.mlflow, folder, model_name, tags)
+        finally:
+            enable_logging()
         client.set_registered_model_tag(model_name, RUN_TAG, run_id)
         location = client.get_logged_model(info.model_id).artifact_location
         return {"tracking_uri": self.uri, "name": model_name, "version": str(info.registered_model_version),

@@ -158,3 +158,21 @@ def test_a_run_dir_with_a_colon_is_tracked_under_a_valid_model_name(tmp_path, ca
     from orchestration.registry import published
 
     assert published(tmp_path / "team:a")[0]["name"].startswith("unlearn-team-a-")
+
+
+def test_commands_write_only_their_own_lines_to_stderr(tmp_path):
+    """Train (Ray engine, MLflow on) and forget as a user runs them: no warnings, no tracebacks, no
+    library chatter; the lines say which Ray cluster was used and what was registered."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    run_dir = str(tmp_path / "run")
+    for argv in (["train", "--run-dir", run_dir, "--set", "sisa.epochs=2", "--set", "sisa.num_shards=2"],
+                 ["forget", "--run-dir", run_dir, "--ids", "3,4"]):
+        done = subprocess.run([sys.executable, "-m", "orchestration.cli", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert lines[0].startswith("ray: started a local cluster ("), lines
+        assert lines[1].startswith("registered models:/unlearn-run-") and len(lines) == 2, lines

@@ -38,6 +38,8 @@ class ApproxReport:
     seconds: float = 0.0
     samples: int = 0
     saved_to: str = ""
+    trained_single: tuple[int, float] | None = None
+    """(samples x epochs, seconds) spent training the single model first, when it had to be trained."""
 
 
 def single_model_run(session: Session) -> SisaRun:
@@ -66,24 +68,27 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
     if target not in ("ensemble", "single"):
         raise ValueError(f"target must be 'ensemble' or 'single', got {target!r}")
     run = session.run
-    ids = run.validate(sample_ids)
-    base = single_model_run(session) if target == "single" else run
-    if target == "single":
-        base.train()
-    plan = base.plan()
-    constituents = base.constituents()
-    models = [copy.deepcopy(m) for _, m in constituents]
-    retained = np.setdiff1d(plan.sample_ids, ids)
-    how = "vote" if target == "single" else session.config.sisa.aggregation
-    sets = {"forget": run.table.tensors(ids), "retain": run.table.tensors(retained), "test": session.test.tensors()}
-    report = ApproxReport(method.name, target, ids, shards=sorted(set(plan.locate(ids)[0].tolist())))
-    report.before = _accuracies(models, how, sets)
-    began = time.perf_counter()
-    report.samples = unlearn_constituents({s: m for (s, _), m in zip(constituents, models)}, plan, run.table, ids, method,
-                                          session.num_classes, session.config.seed, session.config.sisa.device)
-    report.seconds = time.perf_counter() - began
-    report.after = _accuracies(models, how, sets)
-    report.saved_to = str(_save(run, report, models, [s for s, _ in constituents]))
+    with run.locked():  # no deletion may change the run while a method reads it
+        ids = run.validate(sample_ids)
+        base = single_model_run(session) if target == "single" else run
+        trained = base.train() if target == "single" else []
+        plan = base.plan()
+        constituents = base.constituents()
+        models = [copy.deepcopy(m) for _, m in constituents]
+        retained = np.setdiff1d(plan.sample_ids, ids)
+        how = "vote" if target == "single" else session.config.sisa.aggregation
+        sets = {"forget": run.table.tensors(ids), "retain": run.table.tensors(retained), "test": session.test.tensors()}
+        report = ApproxReport(method.name, target, ids, shards=sorted(set(plan.locate(ids)[0].tolist())))
+        if any(r.slices for r in trained):
+            report.trained_single = (sum(r.samples_epochs for r in trained), sum(r.seconds for r in trained))
+        report.before = _accuracies(models, how, sets)
+        began = time.perf_counter()
+        report.samples = unlearn_constituents({s: m for (s, _), m in zip(constituents, models)}, plan, run.table, ids,
+                                              method, session.num_classes, session.config.seed,
+                                              session.config.sisa.device)
+        report.seconds = time.perf_counter() - began
+        report.after = _accuracies(models, how, sets)
+        report.saved_to = str(_save(run, report, models, [s for s, _ in constituents]))
     return report
 
 

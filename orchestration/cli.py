@@ -238,6 +238,9 @@ def cmd_approx(args: argparse.Namespace) -> None:
     session = _session(args)
     report = commands.approximate(session, make_tracker(session.config.tracking), method, request_ids(args),
                                   args.target)
+    if report.trained_single is not None:
+        print(f"trained the single model on the run's retained data first ({report.trained_single[0]} samples x "
+              f"epochs, {report.trained_single[1]:.1f} s); later runs reuse it until the next deletion")
     print(f"{report.method} on the {report.target} model(s) {report.shards}: {len(report.forget_ids)} sample(s), "
           f"{report.samples} samples processed, {report.seconds:.2f} s")
     for key in report.before:

@@ -44,8 +44,32 @@ def test_approx_on_the_ensemble_touches_only_affected_constituents(digits_sessio
 
 def test_approx_on_a_single_model_trains_it_once_and_unlearns(digits_session):
     report = run_approx(digits_session, approx.create("finetune", epochs=1), [0, 1, 2], target="single")
-    assert report.shards == [0] and report.samples > 0
+    assert report.shards == [0] and report.samples > 0 and report.trained_single[0] > 0
     assert (digits_session.run.run_dir / "single" / "checkpoints" / "shard-000").is_dir()
+    again = run_approx(digits_session, approx.create("finetune", epochs=1), [3], target="single")
+    assert again.trained_single is None, "the single model is reused until the next deletion"
+
+
+def test_derived_models_are_trained_on_retained_data_and_destroyed_by_the_next_deletion(tmp_path):
+    from orchestration.derived import stale_derived
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run_dir), *FAST]) == 0
+    session = open_session(run_dir)
+    session.run.forget([0, 1])
+    report = run_approx(session, approx.create("finetune", epochs=1), [2], target="single")
+    single_ids = np.asarray(__import__("json").loads(
+        next((run_dir / "single" / "checkpoints").rglob("slice-*.json")).read_text())["sample_ids"])
+    assert not np.isin([0, 1], single_ids).any(), "the single model never trains on deleted samples"
+    approx_dir = __import__("pathlib").Path(report.saved_to)
+    assert stale_derived(session.run) == []
+
+    deletion = session.run.forget([5])
+
+    assert not (run_dir / "single").exists() and not approx_dir.exists()
+    destroyed = {item["path"] for item in deletion.destroyed if item["kind"] == "derived-model"}
+    assert any(p.startswith("single/") for p in destroyed) and any(p.startswith("approx/") for p in destroyed)
+    assert session.run.ledger.requests()[-1].destroyed == deletion.destroyed
 
 
 def test_approx_cli_reports_accuracies_and_rejects_bad_input(digits_session, capsys):

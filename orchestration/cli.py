@@ -134,7 +134,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
         print("no interrupted request to finish")
         return
     for report in reports:
-        print(f"request {report.request_id}: {len(report.sample_ids)} sample(s) forgotten; "
+        print(f"request {', '.join(report.request_ids)}: {len(report.sample_ids)} sample(s) forgotten; "
               f"retrained {report.retrained or 'nothing'} (shard: slices), "
               f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
               f"destroyed {report.purged} checkpoint(s) and {len(report.destroyed) - report.purged} other item(s) "

@@ -124,7 +124,7 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarra
         with _parent(tracker, session, "forget", params):
             began = time.perf_counter()
             if sample_ids is None:
-                reports = run.finish_pending(on_slice)
+                reports = [report for report in [run.serve_pending(on_slice)] if report is not None]
             else:
                 reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice, keys=keys)]
             shard_reports = [r for report in reports for r in report.shards]
@@ -133,7 +133,7 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarra
             metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
             tracker.log_metrics(metrics)
             for report in reports:
-                tracker.log_dict(request_summary(report), f"requests/{report.request_id}.json")
+                tracker.log_dict(request_summary(report), f"requests/{'+'.join(report.request_ids)}.json")
             _common_artifacts(tracker, session)
             uri = _publish(tracker, session, {"command": "forget", "request_id": reports[-1].request_id})
             if uri is not None:
@@ -150,7 +150,7 @@ def request_summary(report: DeletionReport) -> dict[str, Any]:
     kinds: dict[str, int] = {}
     for item in report.destroyed:
         kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
-    return {"request_id": report.request_id, "num_ids": int(len(report.sample_ids)),
+    return {"request_ids": report.request_ids, "num_ids": int(len(report.sample_ids)),
             "ids_sha256": ids_digest_hex(report.sample_ids), "shards_retrained": len(report.retrained),
             "slices_retrained": sum(len(v) for v in report.retrained.values()),
             "samples_epochs": report.samples_epochs, "destroyed": kinds, "seconds": round(report.seconds, 3)}

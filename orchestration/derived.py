@@ -50,7 +50,7 @@ def _file_records(run_dir: Path, folder: Path) -> list[dict[str, Any]]:
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != "lock"]
 
 
-def destroy_derived_models(run: SisaRun, request: Request) -> list[dict[str, Any]]:
+def destroy_derived_models(run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
     """Purger: delete every derived model folder of the run; one record per file destroyed."""
     records: list[dict[str, Any]] = []
     for folder in derived_folders(run.run_dir):

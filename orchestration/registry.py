@@ -69,32 +69,33 @@ def _delete_artifacts(location: str) -> None:
     get_artifact_repository(location).delete_artifacts()
 
 
-def destroy_published_versions(run: SisaRun, request: Request) -> list[dict[str, Any]]:
-    """Purger: destroy every published version that predates `request`; one record each.
+def destroy_published_versions(run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+    """Purger: destroy every published version that predates `requests`; one record each.
 
-    Idempotent: a version already destroyed for this request is recorded again (a crash may
+    Idempotent: a version already destroyed for these requests is recorded again (a crash may
     have come between its destruction and the ledger record), one destroyed for an earlier
     request is skipped.
     """
     records = []
+    served = ",".join(r.request_id for r in requests)
     for entry in published(run.run_dir):
         client = _client(entry["tracking_uri"])
         try:
             version = client.get_model_version(entry["name"], entry["version"])
             destroyed_by = version.tags.get(DESTROYED_TAG)
-            if destroyed_by and destroyed_by != request.request_id:
+            if destroyed_by and destroyed_by != served:
                 continue
             _delete_artifacts(entry["artifact_uri"])
             if entry.get("model_id"):
                 client.delete_logged_model(entry["model_id"])
-            client.set_model_version_tag(entry["name"], entry["version"], DESTROYED_TAG, request.request_id)
+            client.set_model_version_tag(entry["name"], entry["version"], DESTROYED_TAG, served)
             client.update_model_version(entry["name"], entry["version"], description=(
-                f"Artifacts destroyed by deletion request {request.request_id}: this version saw samples it deleted."))
+                f"Artifacts destroyed by deletion request(s) {served}: this version saw samples they deleted."))
         except Exception as err:  # noqa: BLE001 - any MLflow or storage failure keeps the request pending
             raise RegistryError(
                 f"could not destroy model version {entry['name']}/{entry['version']} at {entry['tracking_uri']} "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); request "
-                f"{request.request_id} stays pending: rerun `unlearn forget --resume` once MLflow is reachable"
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); request(s) "
+                f"{served} stay pending: rerun `unlearn forget --resume` once MLflow is reachable"
             ) from err
         records.append({"kind": "mlflow-model-version", "model": entry["name"], "version": entry["version"],
                         "model_id": entry.get("model_id"), "artifact_uri": entry["artifact_uri"]})

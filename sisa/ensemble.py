@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -57,11 +58,11 @@ log = logging.getLogger(__name__)
 OnSlice = Callable[[SliceReport], None] | None
 Executor = Callable[[list[ShardJob], OnSlice], list[ShardReport]]
 """Runs shard jobs (in-process, or on a cluster) and returns one report per job."""
-Purger = Callable[["SisaRun", Request], list[dict[str, Any]]]
-"""Destroys what was derived from a request's ids outside the checkpoint store (derived models,
-published model versions, cached rows) and returns one record per thing destroyed. Runs while
-the request is served, before it is marked done; must be idempotent (a crashed request is served
-again)."""
+Purger = Callable[["SisaRun", list[Request]], list[dict[str, Any]]]
+"""Destroys what was derived from the ids of requests being served (together) outside the
+checkpoint store (derived models, published model versions, cached rows) and returns one record
+per thing destroyed. Runs before the requests are marked done; must be idempotent (a crashed
+request is served again)."""
 
 RUN_FORMAT = 2
 SECRET_BYTES = 32
@@ -121,7 +122,7 @@ class SisaRun:
         self.table, self.config, self.seed, self.fingerprint = table, config, seed, fingerprint
         self.lock_timeout = lock_timeout
         self.purgers = list(purgers)
-        self._lock_depth = 0
+        self._thread_lock, self._lock_depth = threading.RLock(), 0
         new_dir = not self.run_dir.exists()
         _prepare_dir(self.run_dir)
         try:
@@ -232,24 +233,25 @@ class SisaRun:
     # -- locking ---------------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run's lock for a block; nested uses by this object hold it once.
+        """Hold the run's lock for a block; reentrant within a thread, exclusive across threads and processes.
 
         Commands that change the run and then report on it (log its model, read its status)
         hold the lock across both, so another command cannot slip in between.
         """
-        if self._lock_depth:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
-        with run_lock(self.run_dir / "lock", self.lock_timeout):
-            self._lock_depth = 1
-            try:
-                yield
-            finally:
-                self._lock_depth = 0
+        with self._thread_lock:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with run_lock(self.run_dir / "lock", self.lock_timeout):
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
 
     # -- the plan ------------------------------------------------------------------------------
     def _run_here(self, jobs: list[ShardJob], on_slice: OnSlice) -> list[ShardReport]:
@@ -275,7 +277,7 @@ class SisaRun:
     def train(self, on_slice: OnSlice = None) -> list[ShardReport]:
         """Train every shard up to its last slice, resuming from valid checkpoints."""
         with self.locked():
-            self._finish_pending(on_slice)
+            self.serve_pending(on_slice)
             plan = self.plan()
             reports = self.executor(self.jobs(plan), on_slice)
             purge_stale(self.store, plan, self.fingerprint, list(range(plan.num_shards)))
@@ -289,60 +291,76 @@ class SisaRun:
         """
         return validate_request(sample_ids, self.table.ids, self.ledger.requests())
 
-    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", on_slice: OnSlice = None,
-               keys: list[str] | None = None) -> DeletionReport:
-        """Exactly unlearn `sample_ids`: record, retrain what saw them, destroy what saw them.
+    def submit(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", keys: list[str] | None = None) -> str:
+        """Validate a request and record it in the ledger, pending, without serving it; returns its id.
+
+        From then on its ids are excluded from all training, and no model that saw them is served
+        (`constituents` refuses while it is pending). It holds the ledger's lock, not the run's, so
+        a service can accept requests while an earlier batch is being retrained.
 
         Args:
             sample_ids: the ids to delete.
             reason: why (kept in the ledger).
-            on_slice: called after every retrained slice.
             keys: the data set's own ids of the samples, when those are not the sample_ids
                 (kept in the ledger for the audit trail).
+
+        Raises:
+            InvalidRequestError: the request is invalid; nothing was recorded.
+        """
+        with self.ledger.locked():
+            ids = self.validate(sample_ids)
+            remaining = self.table.without(np.union1d(self.ledger.deleted_ids(), ids)).digest()
+            request_id = self.ledger.record_request(ids, reason, remaining, keys)
+            self._anchor()
+        return request_id
+
+    def serve_pending(self, on_slice: OnSlice = None) -> DeletionReport | None:
+        """Serve every pending request together: one retraining of the shards that held their ids.
+
+        Also finishes requests a crash interrupted: shards already retrained resume from their
+        last checkpoint and cost only a checksum check. Returns None when nothing was pending.
+        """
+        with self.locked():
+            pending = self.ledger.pending()
+            if not pending:
+                return None
+            ids = np.unique(np.concatenate([r.sample_ids for r in pending]))
+            # Where an id sits depends on the id alone, so the plan of every id locates deleted ones too.
+            everything = ShardPlan.from_hashes(self.table.ids, self._hashes, self.config.num_shards,
+                                               self.config.num_slices)
+            report = DeletionReport([r.request_id for r in pending], ids, everything.earliest_slices(ids))
+            self._serve(report, pending, on_slice)
+            return report
+
+    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", on_slice: OnSlice = None,
+               keys: list[str] | None = None) -> DeletionReport:
+        """Exactly unlearn `sample_ids`: record, retrain what saw them, destroy what saw them.
+
+        Requests left pending earlier are served first, on their own. See `submit` for the arguments.
 
         Raises:
             InvalidRequestError: the request is invalid; nothing was recorded or changed.
         """
         with self.locked():
-            self._finish_pending(on_slice)
-            ids = self.validate(sample_ids)
-            dirty = self.plan().earliest_slices(ids)
-            remaining = self.table.without(np.union1d(self.ledger.deleted_ids(), ids)).digest()
-            request_id = self.ledger.record_request(ids, reason, remaining, keys)
-            self._anchor()
-            report = DeletionReport(request_id, ids, dirty)
-            self._serve(report, list(dirty), on_slice)
+            self.serve_pending(on_slice)
+            self.submit(sample_ids, reason, keys)
+            report = self.serve_pending(on_slice)
+            assert report is not None  # the request just submitted is pending
             return report
 
-    def finish_pending(self, on_slice: OnSlice = None) -> list[DeletionReport]:
-        """Finish requests recorded but interrupted before their retraining ended."""
-        with self.locked():
-            return self._finish_pending(on_slice)
-
-    def _finish_pending(self, on_slice: OnSlice) -> list[DeletionReport]:
-        reports = []
-        for request in self.ledger.pending():
-            log.warning("finishing interrupted deletion request %s", request.request_id)
-            report = DeletionReport(request.request_id, request.sample_ids, dirty={})
-            # Which shards the interrupted run had reached is unknown: every shard resumes from
-            # its deepest valid checkpoint, so finished shards cost only a checksum check.
-            self._serve(report, list(range(self.config.num_shards)), on_slice)
-            reports.append(report)
-        return reports
-
-    def _serve(self, report: DeletionReport, shards: list[int], on_slice: OnSlice) -> None:
+    def _serve(self, report: DeletionReport, requests: list[Request], on_slice: OnSlice) -> None:
         began = time.perf_counter()
         plan = self.plan()
-        report.shards = self.executor(self.jobs(plan, shards), on_slice)
-        report.destroyed = purge_stale(self.store, plan, self.fingerprint, shards)
-        self.ledger.record_destroyed(report.request_id, report.destroyed)
-        request = next(r for r in self.ledger.requests() if r.request_id == report.request_id)
+        report.shards = self.executor(self.jobs(plan, list(report.dirty)), on_slice)
+        report.destroyed = purge_stale(self.store, plan, self.fingerprint, list(report.dirty))
         for purger in self.purgers:
-            items = purger(self, request)
-            self.ledger.record_destroyed(report.request_id, items)
-            report.destroyed += items
+            report.destroyed += purger(self, requests)
         report.seconds = time.perf_counter() - began
-        self.ledger.record_done(report.request_id, report.retrained, report.samples_epochs, report.seconds)
+        # Each request of a batch gets the whole record: it is what was destroyed while serving it.
+        for request in requests:
+            self.ledger.record_destroyed(request.request_id, report.destroyed)
+            self.ledger.record_done(request.request_id, report.retrained, report.samples_epochs, report.seconds,
+                                    batch=report.request_ids)
         self._anchor()
 
     def record_version(self, request_id: str, uri: str) -> None:
@@ -363,7 +381,7 @@ class SisaRun:
         if pending:
             raise PendingRequestError(
                 f"deletion request {pending[0].request_id} is not finished; some models may still "
-                "have seen its samples. Finish it first (SisaRun.finish_pending, or any training command)."
+                "have seen its samples. Finish it first (SisaRun.serve_pending, or any training command)."
             )
         plan, models = self.plan(), []
         for job in self.jobs(plan):

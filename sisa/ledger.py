@@ -23,12 +23,16 @@ it), so readers ignore it and the next append cuts it off before writing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,35 @@ class Ledger:
         self.path = Path(path)
         self._secret, self.run_id = secret, run_id
         self._cache: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive use of the ledger for a block (reentrant in a thread), across threads and processes.
+
+        Every append holds it, since a record chains to the one before it; a caller that checks the
+        ledger and then appends (a new request) holds it across both.
+        """
+        with self._thread_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     # -- writing ---------------------------------------------------------------------------
     def _mac(self, prev: str, body: dict[str, Any]) -> str:
@@ -98,6 +131,10 @@ class Ledger:
         return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
 
     def _append(self, body: dict[str, Any]) -> str:
+        with self.locked():
+            return self._append_locked(body)
+
+    def _append_locked(self, body: dict[str, Any]) -> str:
         records = self._records()
         prev = records[-1]["mac"] if records else genesis(self.run_id)
         mac = self._mac(prev, body)
@@ -131,13 +168,14 @@ class Ledger:
     def record_request(self, sample_ids: np.ndarray, reason: str, data_digest: str,
                        keys: list[str] | None = None) -> str:
         """Durably record a request before any work starts; returns its id (r-0001, r-0002, ...)."""
-        request_id = f"r-{len(self.requests()) + 1:04d}"
-        body: dict[str, Any] = {"type": "request", "request_id": request_id,
-                                "sample_ids": np.asarray(sample_ids, np.int64).tolist(), "reason": reason,
-                                "data_digest": data_digest, "time": _now()}
-        if keys is not None:
-            body["keys"] = list(keys)
-        self._append(body)
+        with self.locked():
+            request_id = f"r-{len(self.requests()) + 1:04d}"
+            body: dict[str, Any] = {"type": "request", "request_id": request_id,
+                                    "sample_ids": np.asarray(sample_ids, np.int64).tolist(), "reason": reason,
+                                    "data_digest": data_digest, "time": _now()}
+            if keys is not None:
+                body["keys"] = list(keys)
+            self._append(body)
         return request_id
 
     def record_destroyed(self, request_id: str, items: list[dict[str, Any]]) -> None:
@@ -146,11 +184,17 @@ class Ledger:
             self._append({"type": "destroyed", "request_id": request_id, "items": items, "time": _now()})
 
     def record_done(self, request_id: str, retrained: dict[int, list[int]], samples_epochs: int,
-                    seconds: float) -> None:
-        """Record that a request is finished and what it retrained (shard -> slices)."""
-        self._append({"type": "done", "request_id": request_id, "time": _now(),
-                      "retrained": {str(k): v for k, v in retrained.items()},
-                      "samples_epochs": int(samples_epochs), "seconds": round(seconds, 3)})
+                    seconds: float, batch: list[str] | None = None) -> None:
+        """Record that a request is finished and what it retrained (shard -> slices).
+
+        With `batch`, the requests served together by one retraining: the cost is theirs together.
+        """
+        body: dict[str, Any] = {"type": "done", "request_id": request_id, "time": _now(),
+                                "retrained": {str(k): v for k, v in retrained.items()},
+                                "samples_epochs": int(samples_epochs), "seconds": round(seconds, 3)}
+        if batch and len(batch) > 1:
+            body["batch"] = list(batch)
+        self._append(body)
 
     def record_version(self, request_id: str, uri: str) -> None:
         """Record the model version published after `request_id` (it never saw the request's ids)."""

@@ -20,10 +20,11 @@ from sisa.training import ShardReport
 
 @dataclass
 class DeletionReport:
-    """What serving one deletion request did."""
+    """What serving deletion requests did: one request, or several served together by one retraining."""
 
-    request_id: str
+    request_ids: list[str]
     sample_ids: np.ndarray
+    """Every id the requests deleted, sorted."""
     dirty: dict[int, int]
     """Affected shard -> earliest slice holding a deleted id."""
     shards: list[ShardReport] = field(default_factory=list)
@@ -36,6 +37,11 @@ class DeletionReport:
     def purged(self) -> int:
         """Checkpoints deleted because they saw a deleted id (or became unreachable)."""
         return sum(1 for item in self.destroyed if item.get("kind") == "checkpoint")
+
+    @property
+    def request_id(self) -> str:
+        """The last request served (the only one, unless earlier ones were pending)."""
+        return self.request_ids[-1]
 
     @property
     def retrained(self) -> dict[int, list[int]]:

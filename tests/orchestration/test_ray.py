@@ -65,7 +65,7 @@ def test_shard_that_keeps_failing_names_the_shard_and_a_rerun_completes(tmp_path
     assert [r.request_id for r in failing.run.ledger.pending()] == ["r-0001"]
 
     rerun = _session(tmp_path / "ray", "ray")
-    finished = rerun.run.finish_pending()
-    assert [r.request_id for r in finished] == ["r-0001"] and rerun.run.ledger.pending() == []
+    finished = rerun.run.serve_pending()
+    assert finished.request_ids == ["r-0001"] and rerun.run.ledger.pending() == []
     assert audit(rerun.run.store, forget) == []
     rerun.run.executor.close()

@@ -117,7 +117,7 @@ def test_nothing_published_holds_the_secret_or_a_sample_to_shard_mapping(tracked
                                                 dst_path=str(tmp_path / "model"))
     texts += [p.read_text(errors="ignore") for p in Path(model).rglob("*") if p.is_file()]
     assert texts and not any(secret in t for t in texts)
-    request = json.loads(next(t for t in texts if '"request_id": "r-0001"' in t))
+    request = json.loads(next(t for t in texts if '"request_ids"' in t))
     assert not {"sample_ids", "retrained", "dirty"} & set(request)
     meta = json.loads(next(p for p in Path(model).rglob("meta.json")).read_text())
     assert "shards" not in meta

@@ -100,10 +100,10 @@ def test_crash_between_ledger_entry_and_retraining_is_finished_by_the_next_comma
         trained.constituents()
 
     trained.executor = inner
-    finished = trained.finish_pending()
+    finished = trained.serve_pending()
 
-    assert [r.request_id for r in finished] == ["r-0001"] and trained.ledger.pending() == []
-    assert finished[0].retrained == {2: [1, 2]}, "shard 0 was already done before the crash"
+    assert finished.request_ids == ["r-0001"] and trained.ledger.pending() == []
+    assert finished.retrained == {2: [1, 2]}, "shard 0 was already done before the crash"
     assert audit(trained.store, forget) == []
     scratch = scratch_of(trained, tmp_path / "scratch", table.without(forget))
     for (_, a), (_, b) in zip(trained.constituents(), scratch.constituents()):
@@ -133,3 +133,44 @@ def test_opening_a_run_dir_with_another_config_is_refused(trained, table):
 
     with pytest.raises(ConfigMismatchError, match="another configuration"):
         SisaRun(trained.run_dir, table, tiny_model, SMALL, seed=7, fingerprint="other")
+
+
+def test_submitted_requests_are_served_together_by_one_retraining_and_stay_exact(trained, tmp_path, table):
+    plan = trained.plan()
+    first, second = plan.slice_ids(0)[2][:2], plan.slice_ids(1)[1][:1]
+    ids = [trained.submit(first, "a"), trained.submit(second, "b")]
+    assert ids == ["r-0001", "r-0002"] and len(trained.ledger.pending()) == 2
+    with pytest.raises(PendingRequestError):
+        trained.constituents()
+
+    report = trained.serve_pending()
+
+    assert report.request_ids == ids and report.retrained == {0: [2], 1: [1, 2]}
+    done = [r.done for r in trained.ledger.requests()]
+    assert all(d["batch"] == ids and d["samples_epochs"] == report.samples_epochs for d in done)
+    assert trained.serve_pending() is None
+    gone = np.concatenate([first, second])
+    scratch = scratch_of(trained, tmp_path / "scratch", table.without(gone))
+    for (_, a), (_, b) in zip(trained.constituents(), scratch.constituents()):
+        assert_bit_identical(a, b)
+
+
+def test_a_request_can_be_submitted_while_another_is_being_served(trained):
+    inner, started, release = trained.executor, threading.Event(), threading.Event()
+
+    def slow(jobs, on_slice):
+        started.set()
+        assert release.wait(30)
+        return inner(jobs, on_slice)
+
+    trained.executor = slow
+    trained.submit([3], "first")
+    server = threading.Thread(target=trained.serve_pending)
+    server.start()
+    assert started.wait(30)
+    assert trained.submit([4], "arrived during the retraining") == "r-0002"  # does not wait for the run lock
+    release.set()
+    server.join(30)
+    trained.executor = inner
+    assert [r.request_id for r in trained.ledger.pending()] == ["r-0002"]
+    assert trained.serve_pending().request_ids == ["r-0002"]

@@ -60,6 +60,7 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
         raise ValueError(f"target must be 'ensemble' or 'single', got {target!r}")
     run = session.run
     ids = validate_request(sample_ids, run.table.ids, run.ledger.requests())
+    method.check_model(run.trainer.model_factory())  # e.g. CT on a model without convolutions, before any work
     base = single_model_run(session) if target == "single" else run
     if target == "single":
         base.train()

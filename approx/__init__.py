@@ -1,12 +1,14 @@
-"""Approximate unlearning methods (GA, FT, RL, l1-sparse, SalUn, UGradSL, UGradSL+, SFR-on).
+"""Approximate unlearning: FT, GA, RL, l1-sparse, SalUn, UGradSL(+), SFR-on, NegGrad+, SCRUB, SSD, CT, MSG, bad teacher.
 
 A pure PyTorch library: it never imports ray, mlflow or `sisa`. Methods are dataclasses of their
-hyperparameters, registered by name, that return named loss terms; one shared loop runs them.
+hyperparameters, registered by name, that declare their step pattern and search space and return
+named loss terms; one shared loop runs them.
 """
 
 from approx import methods as _methods  # noqa: F401  (registers every method)
-from approx.base import Progress, UnlearnBatch, UnlearningMethod
-from approx.loop import UnlearnResult, unlearn
+from approx.base import EpochMethod, Phase, Progress, TrainingMethod, UnlearnBatch, UnlearningMethod
+from approx.loop import UnlearnResult, planned_steps, unlearn
 from approx.registry import available, create, describe
 
-__all__ = ["Progress", "UnlearnBatch", "UnlearnResult", "UnlearningMethod", "available", "create", "describe", "unlearn"]
+__all__ = ["EpochMethod", "Phase", "Progress", "TrainingMethod", "UnlearnBatch", "UnlearnResult", "UnlearningMethod",
+           "available", "create", "describe", "planned_steps", "unlearn"]

@@ -70,6 +70,7 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
     run = session.run
     with run.locked():  # no deletion may change the run while a method reads it
         ids = run.validate(sample_ids)
+        method.check_model(run.trainer.model_factory())  # e.g. CT on a model without convolutions, before any work
         base = single_model_run(session) if target == "single" else run
         trained = base.train() if target == "single" else []
         plan = base.plan()

@@ -2,9 +2,10 @@
 
 Per model seed it trains the originals (a single model, and the SISA ensemble), then serves the
 scenario's requests by retraining the single model from scratch (the reference), by SISA deletion,
-and by every approximate method on the single model and on the ensemble's affected constituents.
-Each result is scored against that seed's retrained model (see evaluation.py). Everything runs in
-this process, one thing at a time, so wall times compare like for like.
+and by every approximate method that fits the model (CT and MSG need convolutions) on the single
+model and on the ensemble's affected constituents. Each result is scored against that seed's
+retrained model (see evaluation.py). Everything runs in this process, one thing at a time, so
+wall times compare like for like.
 
     out/seed-<s>/ensemble          the original SISA ensemble
     out/seed-<s>/ensemble/single   the original single model (one shard, one slice, same recipe)
@@ -72,13 +73,36 @@ def forget_requests(bench: BenchConfig, table: SampleTable) -> list[np.ndarray]:
     return [np.sort(ids)] if bench.scenario == "random" else [ids[i : i + 1] for i in range(count)]
 
 
-def create_methods(bench: BenchConfig) -> list[approx.UnlearningMethod]:
-    """The configured methods with their parameter overrides; unknown names or parameters raise here."""
+def create_methods(bench: BenchConfig, model: nn.Module | None = None) -> list[approx.UnlearningMethod]:
+    """The configured methods with their parameter overrides; unknown names or parameters raise here.
+
+    Given the bench's model, a method that cannot run on it (CT and MSG need convolutions) is left
+    out with a log line saying why when the bench runs every method (`bench.methods` empty), and
+    is an error when `bench.methods` names it.
+    """
     names = list(bench.methods) or approx.available()
     stray = sorted(set(bench.params) - set(names))
     if stray:
         raise ValueError(f"bench.params names method(s) {stray} that the bench does not run; running: {names}")
-    return [approx.create(name, **bench.params.get(name, {})) for name in names]
+    methods = [approx.create(name, **bench.params.get(name, {})) for name in names]
+    if model is None:
+        return methods
+    runnable = []
+    for method in methods:
+        try:
+            method.check_model(model)
+        except ValueError as err:
+            if bench.methods:
+                raise
+            log.info("the bench leaves out %s: %s", method.name, err)
+            continue
+        runnable.append(method)
+    return runnable
+
+
+def bench_steps(bench: BenchConfig, methods: list[approx.UnlearningMethod]) -> int:
+    """Progress steps of a bench: per seed, the originals, retraining, SISA and every method on every target."""
+    return len(bench.seeds) * (4 + len(methods) * len(bench.targets))
 
 
 def clone(run: SisaRun, run_dir: Path) -> SisaRun:

@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import approx
-from approx.registry import parameters
+from approx.registry import method_class, parameter_docs, parameters
 from orchestration import commands
 from orchestration.audit import certificate
-from orchestration.bench import create_methods
 from orchestration.bench_report import markdown_table
 from orchestration.config import RunConfig, load_config
 from orchestration.runs import Session, open_session
@@ -225,10 +224,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
+    width = max(map(len, approx.available())) + 2
     for name, summary in approx.describe().items():
-        print(f"{name:16} {summary}")
+        print(f"{name:{width}}{summary}")
         if args.verbose:
-            print("".join(f"{'':18}{k} = {v!r}\n" for k, v in parameters(name).items()), end="")
+            print(f"{'':{width}}reference: {method_class(name).reference}")
+            docs, defaults = parameter_docs(name), parameters(name)
+            settings = {key: f"{key} = {value!r}" for key, value in defaults.items()}
+            column = max(map(len, settings.values())) + 2
+            for key, setting in settings.items():
+                print(f"{'':{width + 2}}{setting:{column}}{docs[key]}")
 
 
 def cmd_approx(args: argparse.Namespace) -> None:
@@ -262,11 +267,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     config = load_config(args.config, _settings(args) + _flags(args))
     if args.quick:
         config = quick(config)
-    steps = len(config.bench.seeds) * (4 + len(create_methods(config.bench)) * len(config.bench.targets))
-    bar = tqdm(total=steps, desc="bench", unit="step", dynamic_ncols=True, leave=False, disable=None)
+    bar = tqdm(desc="bench", unit="step", dynamic_ncols=True, leave=False, disable=None)
     try:
         result = commands.bench(config, Path(args.out), make_tracker(config.tracking),
-                                lambda what: (bar.set_postfix_str(what), bar.update()))
+                                lambda what: (bar.set_postfix_str(what), bar.update()), lambda n: bar.reset(total=n))
     finally:
         bar.close()
     b = config.bench

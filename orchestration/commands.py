@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import torch
 
 import approx
 from orchestration.approximate import ApproxReport, run_approx
-from orchestration.bench import OnStep, Row, SeedBench, cost_curve, create_methods, forget_requests
+from orchestration.bench import OnStep, Row, SeedBench, bench_steps, cost_curve, create_methods, forget_requests
 from orchestration.bench_report import plot_gap_vs_time, plot_metrics, plot_sisa_cost, summarize, write_tables
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
+from orchestration.models import build_model
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
@@ -183,16 +185,23 @@ class BenchResult:
     files: list[Path]
 
 
-def bench(config: RunConfig, out: Path, tracker: Tracker, on_step: OnStep = None) -> BenchResult:
+def bench(config: RunConfig, out: Path, tracker: Tracker, on_step: OnStep = None,
+          on_plan: Callable[[int], None] | None = None) -> BenchResult:
     """Run the head-to-head bench of `config.bench`, write its tables and plots to `out` and log everything.
 
     A parent run holds the config, the tables and plots; a child run per method, target and seed
     holds that result's metrics. Shards are trained in-process whatever `ray.engine` says, so the
-    times of retraining, SISA and the approximate methods compare like for like.
+    times of retraining, SISA and the approximate methods compare like for like. `on_plan` is
+    called once with the number of `on_step` calls to come, when the methods that fit the model
+    are known.
     """
-    methods = create_methods(config.bench)  # bad names or parameters fail before any training
+    create_methods(config.bench)  # bad names or parameters fail before any data is loaded
     config = dataclasses.replace(config, store="", ray=dataclasses.replace(config.ray, engine="local"))
     data = load_dataset(config.data)
+    probe = build_model(config.model, data[0].sample_shape, max(data[0].num_classes, data[1].num_classes))
+    methods = create_methods(config.bench, probe)
+    if on_plan is not None:
+        on_plan(bench_steps(config.bench, methods))
     requests = forget_requests(config.bench, data[0])
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.toml")

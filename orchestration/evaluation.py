@@ -49,13 +49,31 @@ class Outputs:
         return (self.predicted[split] == self.labels[split]).double().mean().item()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters (or, failing those, buffers) live; CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's logits on `x` (CPU), each batch moved to the model's device first."""
+    device = model_device(model)
+    return torch.cat([model.eval()(b.to(device)).cpu() for b in x.split(batch_size)])
+
+
 @torch.no_grad()
 def outputs(models: Sequence[nn.Module], how: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
             batch_size: int = 2048) -> Outputs:
-    """Run `models` (one, or an ensemble aggregated by `how`) on every split of `sets`."""
+    """Run `models` (one, or an ensemble aggregated by `how`) on every split of `sets`.
+
+    The models may live on any device; every input batch goes to its model's device and the
+    outputs come back to the CPU, where the metrics are computed.
+    """
     probs, predicted, labels = {}, {}, {}
     for split, (x, y) in sets.items():
-        logits = torch.stack([torch.cat([m.eval()(b) for b in x.split(batch_size)]) for m in models])
+        logits = torch.stack([_logits(m, x, batch_size) for m in models])
         probs[split] = logits.double().softmax(-1).mean(0)  # (samples, classes)
         predicted[split], labels[split] = aggregate(logits, how), y
     return Outputs(probs, predicted, labels)
@@ -131,7 +149,10 @@ def sample_epsilon(unlearned: np.ndarray, retrained: np.ndarray, delta: float = 
 
 def forget_quality(unlearned: np.ndarray, retrained: np.ndarray, ra_ratio: float = 1.0, ta_ratio: float = 1.0,
                    delta: float = 1e-5, bin_width: float = 0.5) -> float:
-    """The challenge's forget-quality score in [0, 1] (1 = indistinguishable from retraining).
+    """The challenge's forget-quality score (1 = indistinguishable from retraining, with retraining's accuracy).
+
+    The mean bucket score is in [0, 1]; times the accuracy ratios it exceeds 1 where the unlearned
+    models are more accurate than the retrained ones.
 
     Args:
         unlearned: (N models, forget samples) logit-scaled confidences of the unlearned models.

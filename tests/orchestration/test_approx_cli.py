@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import approx
+from approx.registry import method_class, parameter_docs, parameters
 from orchestration.approximate import run_approx
 from orchestration.cli import main
 from orchestration.runs import open_session
@@ -21,11 +22,31 @@ def digits_session(tmp_path_factory):
 
 
 def test_methods_lists_every_method_and_its_parameters(capsys):
-    code, out, _ = run_cli(capsys, "methods", "--verbose")
+    code, out, _ = run_cli(capsys, "methods")
     assert code == 0
-    for name in approx.available():
-        assert f"\n{name} " in "\n" + out
-    assert "fraction = 0.5" in out and "iterations = 1500" in out
+    assert [line.split()[0] for line in out.splitlines()] == approx.available()
+    assert "reference:" not in out and "batch_size" not in out
+
+
+def test_methods_verbose_gives_each_reference_and_every_parameter_with_default_and_description(capsys):
+    code, out, _ = run_cli(capsys, "methods", "-v")
+    assert code == 0
+    blocks = {}
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            blocks[line.split()[0]] = []
+        else:
+            blocks[list(blocks)[-1]].append(line.strip())
+    assert list(blocks) == approx.available()
+    for name, lines in blocks.items():
+        assert lines[0] == f"reference: {method_class(name).reference}"
+        docs = parameter_docs(name)
+        rows = lines[1:]
+        assert len(rows) == len(docs)
+        for row, (key, value) in zip(rows, parameters(name).items()):
+            setting, description = row.split("  ", 1)
+            assert setting == f"{key} = {value!r}" and description.strip() == docs[key] != ""
+    assert "fraction = 0.5" in out and "iterations = 1500" in out and "init_rate = 0.3" in out
 
 
 def test_approx_on_the_ensemble_touches_only_affected_constituents(digits_session):
@@ -34,11 +55,13 @@ def test_approx_on_the_ensemble_touches_only_affected_constituents(digits_sessio
     exact_before = {e.path for e in digits_session.run.store.entries()}
     report = run_approx(digits_session, approx.create("random_label", epochs=2), ids)
     assert report.shards == [1]
-    assert report.after["forget/acc"] < report.before["forget/acc"]
     saved = sorted(p.name for p in __import__("pathlib").Path(report.saved_to).iterdir())
-    assert saved == ["shard-001.pt"]
+    assert saved == ["derived.json", "shard-001.pt"]
     state = torch.load(f"{report.saved_to}/shard-001.pt", weights_only=True)
-    assert set(state) == set(digits_session.run.constituents()[1][1].state_dict())
+    original = digits_session.run.constituents()[1][1].state_dict()
+    assert set(state) == set(original)
+    assert any(not torch.equal(state[k], original[k]) for k in state), "the affected constituent was unlearned"
+    assert report.after != report.before
     assert {e.path for e in digits_session.run.store.entries()} == exact_before, "exact checkpoints are untouched"
 
 
@@ -80,11 +103,21 @@ def test_approx_cli_reports_accuracies_and_rejects_bad_input(digits_session, cap
     for argv, message in [
         (["--method", "salun", "--ids", "99999"], "not in the training data"),
         (["--method", "salun", "--ids", ""], "names no sample ids"),
-        (["--method", "nope", "--ids", "1"], "valid: finetune"),
+        (["--method", "nope", "--ids", "1"], "valid: bad_teacher, conv_transpose, finetune"),
         (["--method", "salun", "--ids", "1", "--set", "method.alpha=1"], "valid: batch_size"),
     ]:
         code, _, err = run_cli(capsys, "approx", "--run-dir", run_dir, *argv)
         assert code == 2 and message in err, err
+
+
+def test_approx_refuses_a_method_that_cannot_run_on_the_model_before_any_work(digits_session, capsys):
+    run_dir = digits_session.run.run_dir
+    files_before = sorted(run_dir.rglob("*"))
+    code, _, err = run_cli(capsys, "approx", "--run-dir", str(run_dir), "--method", "conv_transpose", "--ids", "7",
+                           "--target", "single")
+    assert code == 2 and "conv_transpose needs a model with Conv2d layers" in err and "use a method" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(run_dir.rglob("*")) == files_before, "nothing trained, nothing written"
 
 
 def test_approx_refuses_ids_already_deleted_exactly(digits_session):

@@ -17,6 +17,7 @@ from orchestration.evaluation import (
     forget_quality,
     logit_confidence,
     mia_efficacy,
+    model_device,
     outputs,
     sample_epsilon,
 )
@@ -49,6 +50,35 @@ def test_outputs_average_the_posteriors_and_aggregate_the_labels():
     assert torch.allclose(out.probs["forget"], torch.tensor([[0.625, 0.375]] * 2, dtype=torch.float64))
     assert out.predicted["forget"].tolist() == [0, 0]
     assert out.accuracy("forget") == 0.5
+
+
+def test_outputs_move_every_batch_to_the_models_device():
+    """A model on an accelerator gets its inputs there. The stub stands for one without a GPU: its weight lives
+    on the meta device and its forward refuses inputs anywhere else (a meta tensor holds no values, so it
+    answers with fixed CPU logits)."""
+
+    class OnMeta(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(2, device="meta"))
+            self.seen: list[torch.device] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.device == self.weight.device, f"input on {x.device}, model on {self.weight.device}"
+            self.seen.append(x.device)
+            return torch.tensor([[2.0, 0.0]]).expand(len(x), -1)
+
+    model = OnMeta()
+    out = outputs([model], "vote", {"forget": (torch.zeros(5, 3), torch.tensor([0, 0, 1, 0, 0]))}, batch_size=2)
+    assert model.seen == [torch.device("meta")] * 3  # batches of 2, 2 and 1
+    assert out.accuracy("forget") == 0.8 and out.probs["forget"].device.type == "cpu"
+
+
+def test_model_device_reads_parameters_then_buffers_and_defaults_to_cpu():
+    assert model_device(nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    buffers_only = nn.BatchNorm1d(2, affine=False, device="meta")
+    assert model_device(buffers_only) == torch.device("meta")
+    assert model_device(nn.ReLU()) == torch.device("cpu")
 
 
 def test_mia_efficacy_counts_forget_samples_predicted_non_member():

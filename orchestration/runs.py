@@ -10,6 +10,7 @@ from orchestration.actors import FaultSpec
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
+from orchestration.memory import check_fits
 from orchestration.models import build_model
 from sisa import SampleTable, SisaRun
 from sisa.errors import ConfigMismatchError
@@ -62,12 +63,18 @@ def open_session(run_dir: str | Path, config_path: str | None = None, overrides:
 
 def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
              lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
-    """Open the run in `run_dir` with an already resolved config; `data` = (train, test) if already loaded."""
+    """Open the run in `run_dir` with an already resolved config; `data` = (train, test) if already loaded.
+
+    Bad data, a model that does not build, a recipe that does not fit the data, or shards too large
+    for memory are refused here, before anything is written.
+    """
     run_dir = Path(run_dir)
     train, test = data or load_dataset(config.data)
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
-    factory()  # fail on a bad model/data combination before anything is written
+    factory()
+    config.sisa.check_sample_shape(train.sample_shape)
+    check_fits(train, config)
     store_uri = config.store or str(run_dir.resolve() / "checkpoints")
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), store_uri=store_uri,

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from orchestration import commands
 from orchestration.bench import create_methods
 from orchestration.bench_report import markdown_table
 from orchestration.config import RunConfig, load_config
+from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
 from orchestration.runs import Session, open_session
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
@@ -30,39 +30,17 @@ from sisa import InvalidRequestError, SisaError, SliceReport, aggregate
 log = logging.getLogger("unlearn")
 
 
-def parse_ids(text: str) -> list[int]:
-    """'3,17, 42' -> [3, 17, 42]; anything that is not an integer is rejected by name."""
-    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
-    bad = [t for t in tokens if not re.fullmatch(r"[+-]?\d+", t)]
-    if bad:
-        raise InvalidRequestError(f"sample ids must be integers; got {bad[:5]}")
-    return [int(t) for t in tokens]
-
-
-def read_ids_file(path: str) -> list[int]:
-    """Ids from a Parquet file's `sample_id` column, or a text file with one id per line (# comments)."""
-    file = Path(path)
-    if not file.exists():
-        raise InvalidRequestError(f"ids file {path} does not exist")
-    if file.suffix == ".parquet":
-        table = pq.read_table(file)
-        if "sample_id" not in table.column_names:
-            raise InvalidRequestError(f"{path} has no 'sample_id' column (columns: {table.column_names})")
-        column = table.column("sample_id")
-        if not pa.types.is_integer(column.type):
-            raise InvalidRequestError(f"{path}: column sample_id must be integers, not {column.type}")
-        return column.to_pylist()
-    lines = [line.split("#", 1)[0] for line in file.read_text().splitlines()]
-    return parse_ids(" ".join(lines))
-
-
-def request_ids(args: argparse.Namespace) -> list[int]:
-    """The ids of a request given as --ids or --ids-file."""
+def request_ids(args: argparse.Namespace, session: Session) -> np.ndarray:
+    """The sample_ids of a request given as --ids or --ids-file, in the data set's own ids."""
+    table = session.run.table
     if args.ids is not None:
-        return parse_ids(args.ids)
-    if args.ids_file is not None:
-        return read_ids_file(args.ids_file)
-    raise InvalidRequestError("give --ids or --ids-file")
+        ids = ids_from_text(args.ids, table)
+    elif args.ids_file is not None:
+        ids = ids_from_file(args.ids_file, table, session.config.data.id_column)
+    else:
+        raise InvalidRequestError("give --ids or --ids-file")
+    check_new(table, ids, session.run.ledger.requests())
+    return ids
 
 
 class Progress:
@@ -114,7 +92,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
     session = _session(args)
     if args.ids is None and args.ids_file is None and not args.resume:
         raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
-    ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args)
+    ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args, session)
     progress = Progress("retraining")
     try:
         reports, metrics = commands.forget(session, make_tracker(session.config.tracking), ids, args.reason, progress)
@@ -123,7 +101,8 @@ def cmd_forget(args: argparse.Namespace) -> None:
     if not reports:
         print("no interrupted request to finish")
     for report in reports:
-        print(f"request {report.request_id}: {len(report.sample_ids)} sample(s) forgotten; "
+        print(f"request {report.request_id}: {len(report.sample_ids)} sample(s) forgotten "
+              f"({describe_ids(session.run.table, report.sample_ids)}); "
               f"retrained {report.retrained or 'nothing'} (shard: slices), "
               f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
               f"purged {report.purged} checkpoint(s)")
@@ -144,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         elif key == "requests":
             print(f"requests: {len(value)}")
             for row in value:
-                print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) {row['state']}"
+                print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) ({row['ids']}) {row['state']}"
                       f"{' ' + row['reason'] if row['reason'] else ''}")
         else:
             print(f"{key}: {value}")
@@ -153,14 +132,20 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     session = _session(args)
     table = session.test if args.split == "test" else session.run.table
-    ids = np.asarray(parse_ids(args.ids), np.int64) if args.ids else table.ids
+    ids = ids_from_text(args.ids, table) if args.ids else table.ids
     x, labels = table.tensors(ids)
     logits = session.run.logits(x)
     how = args.aggregation or session.config.sisa.aggregation
     predicted = aggregate(logits, how)
     print(f"{args.split} accuracy ({how}): {(predicted == labels).double().mean().item():.4f} on {len(ids)} samples")
     if args.output:
-        out = pa.table({"sample_id": ids, "label": labels.numpy(), "predicted": predicted.numpy()})
+        # The data set's own ids and class names, when it has them.
+        id_name = "sample_id" if table.keys is None else session.config.data.id_column
+        columns = {id_name: table.keys_of(ids), "label": labels.numpy(), "predicted": predicted.numpy()}
+        if table.class_names is not None:
+            names = pa.array(table.class_names, pa.string())
+            columns.update(label=names.take(columns["label"]), predicted=names.take(columns["predicted"]))
+        out = pa.table(columns)
         if args.output.endswith(".parquet"):
             pq.write_table(out, args.output)
         else:
@@ -182,8 +167,8 @@ def cmd_approx(args: argparse.Namespace) -> None:
                      if k.startswith("method.")}
     method = approx.create(args.method, **method_params)
     session = _session(args)
-    report = commands.approximate(session, make_tracker(session.config.tracking), method, request_ids(args),
-                                  args.target)
+    report = commands.approximate(session, make_tracker(session.config.tracking), method,
+                                  request_ids(args, session), args.target)
     print(f"{report.method} on the {report.target} model(s) {report.shards}: {len(report.forget_ids)} sample(s), "
           f"{report.samples} samples processed, {report.seconds:.2f} s")
     for key in report.before:
@@ -240,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="TOML config file (see configs/)")
     train.set_defaults(func=cmd_train)
     forget = command("forget", "Exactly unlearn samples: retrain only the slices that saw them.")
-    forget.add_argument("--ids", help="comma-separated sample ids, e.g. 3,17,42")
-    forget.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    forget.add_argument("--ids", help="comma-separated ids of the data set, e.g. 3,17,42 or user-42,user-77")
+    forget.add_argument("--ids-file", help="text file with one id per line, or Parquet with a data.id_column "
+                                           "or sample_id column")
     forget.add_argument("--reason", default="", help="why the samples are deleted (kept in the ledger)")
     forget.add_argument("--resume", action="store_true", help="only finish an interrupted request")
     forget.set_defaults(func=cmd_forget)
@@ -250,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     predict = command("predict", "Predict with the ensemble on the test or train split.")
     predict.add_argument("--split", choices=("test", "train"), default="test")
-    predict.add_argument("--ids", help="only these sample ids of the split")
+    predict.add_argument("--ids", help="only these ids of the split (comma-separated)")
     predict.add_argument("--aggregation", choices=("vote", "mean"))
     predict.add_argument("--output", help="write sample_id, label, predicted as .csv or .parquet")
     predict.set_defaults(func=cmd_predict)
@@ -259,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=cmd_methods)
     approx_ = command("approx", "Approximately unlearn samples with a method (see `unlearn methods`).")
     approx_.add_argument("--method", required=True, help="method name, e.g. salun")
-    approx_.add_argument("--ids", help="comma-separated sample ids")
-    approx_.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    approx_.add_argument("--ids", help="comma-separated ids of the data set")
+    approx_.add_argument("--ids-file", help="text file with one id per line, or Parquet with a data.id_column "
+                                            "or sample_id column")
     approx_.add_argument("--target", choices=("ensemble", "single"), default="ensemble",
                          help="the SISA ensemble's affected constituents, or a single model trained on all data")
     approx_.set_defaults(func=cmd_approx)

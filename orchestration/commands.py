@@ -97,10 +97,11 @@ def train(session: Session, tracker: Tracker, on_slice: OnSlice = None) -> tuple
     return reports, metrics
 
 
-def forget(session: Session, tracker: Tracker, sample_ids: list[int] | None, reason: str = "",
+def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarray | None, reason: str = "",
            on_slice: OnSlice = None) -> tuple[list[DeletionReport], dict[str, float]]:
     """Serve a deletion request (or, with no ids, finish interrupted ones); one model version per request."""
-    with _parent(tracker, session, "forget", {"request.num_ids": len(sample_ids or []), "request.reason": reason}):
+    num_ids = 0 if sample_ids is None else len(sample_ids)
+    with _parent(tracker, session, "forget", {"request.num_ids": num_ids, "request.reason": reason}):
         began = time.perf_counter()
         if sample_ids is None:
             reports = session.run.finish_pending(on_slice)
@@ -112,18 +113,20 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | None, rea
         metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
         tracker.log_metrics(metrics)
         for report in reports:
-            tracker.log_dict({"request_id": report.request_id, "sample_ids": report.sample_ids.tolist(),
-                              "reason": reason, "dirty": report.dirty, "retrained": report.retrained,
-                              "samples_epochs": report.samples_epochs, "purged": report.purged,
-                              "seconds": report.seconds}, f"requests/{report.request_id}.json")
+            record = {"request_id": report.request_id, "sample_ids": report.sample_ids.tolist(),
+                      "reason": reason, "dirty": report.dirty, "retrained": report.retrained,
+                      "samples_epochs": report.samples_epochs, "purged": report.purged, "seconds": report.seconds}
+            if session.run.table.keys is not None:
+                record["ids"] = session.run.table.keys_of(report.sample_ids).to_pylist()  # the data set's own ids
+            tracker.log_dict(record, f"requests/{report.request_id}.json")
         _common_artifacts(tracker, session)
         if reports:
             _log_model(tracker, session, {"command": "forget", "request_id": reports[-1].request_id})
     return reports, metrics
 
 
-def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod, sample_ids: list[int],
-                target: str) -> ApproxReport:
+def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod,
+                sample_ids: list[int] | np.ndarray, target: str) -> ApproxReport:
     """Run an approximate method; a child run holds the method's params and before/after metrics."""
     with _parent(tracker, session, "approx", {"request.num_ids": len(sample_ids)}):
         params = {f"method.{f.name}": getattr(method, f.name) for f in dataclasses.fields(method)}

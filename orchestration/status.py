@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestration.requests import describe_ids
 from orchestration.runs import Session
 from sisa import SisaError, aggregate
 from sisa.config import AGGREGATIONS
@@ -28,7 +29,8 @@ def describe(session: Session) -> dict[str, Any]:
         marks = "".join("+" if (shard, r, k) in present else "." for r, k in enumerate(keys))
         shards.append({"shard": shard, "samples": size, "checkpoints": marks or "(empty shard)"})
     requests = [
-        {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids), "reason": r.reason,
+        {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids),
+         "ids": describe_ids(run.table, r.sample_ids), "reason": r.reason,
          "state": "pending" if r.done is None else f"done, retrained {r.done['retrained']}"}
         for r in run.ledger.requests()
     ]
@@ -40,7 +42,9 @@ def describe(session: Session) -> dict[str, Any]:
         "model": config.model.name,
         "seed": config.seed,
         "sisa": f"{s.num_shards} shards x {s.num_slices} slices, {s.epochs} epochs "
-                f"({s.slice_epochs} per slice), aggregation {s.aggregation}",
+                f"({s.slice_epochs} per slice), {s.optimizer} lr {s.lr} {s.lr_schedule}"
+                f"{', augmented' if s.augment else ''}, aggregation {s.aggregation}",
+        **({"classes": ", ".join(run.table.class_names)} if run.table.class_names is not None else {}),
         "store": f"{run.store.uri}: {len(present)} checkpoints, {run.store.nbytes() / 1e6:.2f} MB",
         "shards": shards,
         "requests": requests,

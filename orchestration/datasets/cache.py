@@ -48,9 +48,9 @@ def cached(config: DataConfig, stamp: str, settings: dict[str, Any], decode: Cal
     paths = cache_paths(config, stamp, settings)
     if all(p.exists() for p in paths):
         return SampleTable.read_parquet(paths[0]), SampleTable.read_parquet(paths[1])
-    log.info("decoding %s (cached afterwards in %s)", config.name, paths[0].parent)
     split = decode()
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for table, path in zip(split, paths):
         table.write_parquet(path)
+    log.info("decoded %s, cached in %s", config.name, paths[0].parent)
     return split

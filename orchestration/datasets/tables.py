@@ -244,6 +244,9 @@ def to_split(train: Decoded, test: Decoded | None, config: DataConfig) -> Split:
     if test is None:
         ids = train.sample_ids if train.keys is None else key_sample_ids(train.keys)
         held = holdout(ids, config.test_fraction, config.subset_seed)
+        if held.all() or not held.any():
+            raise DatasetError(f"data.test_fraction {config.test_fraction} of {len(held)} samples leaves "
+                               f"{'no training' if held.all() else 'no test'} samples; change it or give data.test_path")
         train, test = train.take(~held), train.take(held)
     if (train.keys is None) != (test.keys is None):
         raise DatasetError("the train and test files must both have integer ids or both string ids")

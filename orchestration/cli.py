@@ -71,9 +71,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [s for s in args.set if not s.startswith("method.")] + extra
 
 
-def _session(args: argparse.Namespace, create: bool = False) -> Session:
+def _session(args: argparse.Namespace, create: bool = False, trains: bool = True) -> Session:
     return open_session(args.run_dir, getattr(args, "config", None), _overrides(args), create=create,
-                        lock_timeout=args.lock_timeout)
+                        lock_timeout=args.lock_timeout, trains=trains)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -110,7 +110,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    session = _session(args)
+    session = _session(args, trains=False)
     info = describe(session)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -130,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    session = _session(args)
+    session = _session(args, trains=False)
     table = session.test if args.split == "test" else session.run.table
     ids = ids_from_text(args.ids, table) if args.ids else table.ids
     x, labels = table.tensors(ids)

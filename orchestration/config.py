@@ -20,8 +20,7 @@ class DataConfig:
     """Which data set to train on and where to find it."""
 
     name: str = "digits"
-    """Data set: digits (embedded), mnist, fashion-mnist, cifar10 (files in root), synthetic, or a user's own
-    files at path: parquet, csv, imagefolder."""
+    """digits, synthetic (embedded), mnist, fashion-mnist, cifar10 (files in root), or parquet, csv, imagefolder (path)."""
     root: str = ""
     """Directory holding the data set's files (mnist, fashion-mnist, cifar10)."""
     path: str = ""
@@ -41,8 +40,7 @@ class DataConfig:
     train_limit: int = 0
     """Train on a stratified subset of this many samples, drawn with subset_seed (0 = all)."""
     subset_seed: int = 0
-    """Seed of the train_limit subset and of the test_fraction hold-out of file data sets; part of the data
-    set's definition, the same for every model seed."""
+    """Seed of the train_limit subset and the hold-out of file data sets: part of the data set, not of the model."""
     test_fraction: float = 0.2
     """Share held out as the test split when there is none (digits, synthetic, files without test_path)."""
     synthetic_samples: int = 1000
@@ -66,8 +64,7 @@ class ModelConfig:
     """Architecture of each constituent model."""
 
     name: str = "mlp"
-    """Architecture: mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory', a callable
-    of (input_shape, num_classes) returning an nn.Module (imported and run: a trusted input)."""
+    """mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory' (imported and run: trusted input)."""
     hidden: int = 128
     """Hidden units of the MLP."""
     channels: int = 32

@@ -54,19 +54,20 @@ def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str],
 
 
 def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
-                 create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
-    """Open (or, with `create`, make) the run in `run_dir`."""
+                 create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None,
+                 trains: bool = True) -> Session:
+    """Open (or, with `create`, make) the run in `run_dir`; `trains=False` for commands that only read it."""
     run_dir = Path(run_dir)
     config = resolve_config(run_dir, config_path, overrides or [], create)
-    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault)
+    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, trains=trains)
 
 
 def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
-             lock_timeout: float | None = None, fault: FaultSpec | None = None) -> Session:
+             lock_timeout: float | None = None, fault: FaultSpec | None = None, trains: bool = True) -> Session:
     """Open the run in `run_dir` with an already resolved config; `data` = (train, test) if already loaded.
 
-    Bad data, a model that does not build, a recipe that does not fit the data, or shards too large
-    for memory are refused here, before anything is written.
+    Bad data, a model that does not build, a recipe that does not fit the data, or (when the command
+    `trains`) shards too large for memory are refused here, before anything is written.
     """
     run_dir = Path(run_dir)
     train, test = data or load_dataset(config.data)
@@ -74,7 +75,8 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()
     config.sisa.check_sample_shape(train.sample_shape)
-    check_fits(train, config)
+    if trains:
+        check_fits(train, config)
     store_uri = config.store or str(run_dir.resolve() / "checkpoints")
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(), store_uri=store_uri,

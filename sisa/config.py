@@ -37,8 +37,7 @@ class SisaConfig:
     weight_decay: float = 5e-4
     """Weight decay (decoupled from the gradient for AdamW)."""
     lr_schedule: str = "constant"
-    """'constant', 'cosine' (from lr to lr_min) or 'step' (times lr_gamma every lr_step_epochs), over the
-    epochs of all slices in a row (see lr_at)."""
+    """'constant', 'cosine' (lr to lr_min) or 'step' (times lr_gamma), over all slices' epochs in a row (see lr_at)."""
     lr_min: float = 0.0
     """Learning rate the cosine schedule decays towards."""
     lr_step_epochs: int = 10
@@ -48,8 +47,7 @@ class SisaConfig:
     label_smoothing: float = 0.0
     """Share of the target mass spread uniformly over the classes (0 = plain cross-entropy)."""
     augment: bool = False
-    """Random crop (zero padding of augment_padding) and horizontal flip of image samples (C, H, W),
-    drawn from generators of (seed, shard, slice, epoch); tables cannot be augmented."""
+    """Random crop (zero padding) and horizontal flip of images (C, H, W), seeded by (seed, shard, slice, epoch)."""
     augment_padding: int = 4
     """Pixels of zero padding around an image before its random crop back to the original size."""
     aggregation: str = "vote"

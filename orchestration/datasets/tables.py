@@ -116,6 +116,9 @@ def concat(parts: list[tuple[str, pa.Table]], columns: Columns) -> tuple[pa.Tabl
                                    "kind of values in a column")
         selected.append(table.select(list(needed)))
     table = pa.concat_tables(selected, promote_options="permissive").combine_chunks()
+    if len(table) == 0:
+        where = f"{first_name} and the other files hold" if len(parts) > 1 else f"{first_name} holds"
+        raise DatasetError(f"{where} no rows")
     sizes = [len(t) for t in selected]
     rows = Rows([n for n, _ in parts], np.repeat(np.arange(len(parts)), sizes),
                 np.concatenate([np.arange(s) for s in sizes]) if sizes else np.zeros(0, np.int64))

@@ -46,3 +46,14 @@ def test_available_bytes_reads_this_machine():
         return
     total = int(next(line for line in meminfo.read_text().splitlines() if line.startswith("MemTotal:")).split()[1]) * 1024
     assert 0 < memory.available_bytes() <= total
+
+
+def test_status_of_a_trained_run_does_not_check_memory(tmp_path, capsys, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    fast = ["--engine", "local", "--no-track", "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=1",
+            "--set", "sisa.epochs=1"]
+    assert run_cli(capsys, "train", "--run-dir", run_dir, *fast)[0] == 0
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100_000)
+    assert run_cli(capsys, "status", "--run-dir", run_dir)[0] == 0, "reading a run trains nothing"
+    code, _, err = run_cli(capsys, "forget", "--run-dir", run_dir, "--ids", "3")
+    assert code == 2 and "GiB of memory is available" in err

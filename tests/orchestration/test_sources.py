@@ -213,6 +213,8 @@ BAD = {
     "undecodable image": (lambda: _images(png(0, _RNG), b"\x89PNG not really"),
                           ["bad.parquet, row 1: cannot decode the image in column 'image'", "expected PNG or JPEG bytes"]),
     "not parquet": (lambda: "just text", ["bad.parquet is not a readable Parquet file"]),
+    "no rows": (lambda: pa.table({"sample_id": pa.array([], pa.int64()), "label": pa.array([], pa.int64()),
+                                  "f": pa.array([], pa.float64())}), ["bad.parquet holds no rows"]),
 }
 
 

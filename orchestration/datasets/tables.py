@@ -115,7 +115,10 @@ def concat(parts: list[tuple[str, pa.Table]], columns: Columns) -> tuple[pa.Tabl
                                    f"{first_name} holds {first.schema.field(column).type}; every file needs the same "
                                    "kind of values in a column")
         selected.append(table.select(list(needed)))
-    table = pa.concat_tables(selected, promote_options="permissive").combine_chunks()
+    try:
+        table = pa.concat_tables(selected, promote_options="permissive").combine_chunks()
+    except pa.ArrowException as err:  # e.g. list columns of different value types
+        raise DatasetError(f"{first_name} and the other files disagree on column types: {err}") from None
     if len(table) == 0:
         where = f"{first_name} and the other files hold" if len(parts) > 1 else f"{first_name} holds"
         raise DatasetError(f"{where} no rows")

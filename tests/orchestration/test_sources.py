@@ -149,18 +149,20 @@ def test_holdout_of_a_file_data_set_keeps_every_other_id_where_it_was_when_rows_
     assert 40 < len(full[1]) < 120, "about test_fraction = 0.2 of the ids are held out"
 
 
-def test_a_directory_of_parquet_files_and_a_list_column_with_data_shape(tmp_path):
-    rng = np.random.default_rng(0)
+def test_a_directory_of_parquet_files_by_uri_and_a_list_column_with_data_shape(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (60, 16), dtype=np.uint8)
     (tmp_path / "parts").mkdir()
     for part in range(3):
         ids = np.arange(part * 20, part * 20 + 20)
-        pixels = rng.integers(0, 255, (20, 16), dtype=np.uint8)
-        pq.write_table(pa.table({"sample_id": ids, "label": ids % 2, "x": pa.array(list(pixels), pa.list_(pa.uint8()))}),
-                       tmp_path / "parts" / f"part-{part}.parquet")
+        rows = pa.array(list(pixels[ids]), pa.list_(pa.uint8()))
+        table = pa.table({"sample_id": ids, "label": ids % 2, "x": rows})
+        pq.write_table(table, tmp_path / "parts" / f"part-{part}.parquet")
     (tmp_path / "parts" / "_SUCCESS").write_text("")
-    train, test = load_dataset(DataConfig(name="parquet", path=str(tmp_path / "parts"), shape=(1, 4, 4)))
+    train, test = load_dataset(DataConfig(name="parquet", path=f"file://{tmp_path / 'parts'}", shape=(1, 4, 4)))
     assert len(train) + len(test) == 60 and train.sample_shape == (1, 4, 4) and train.keys is None
     assert np.isin(train.ids, np.arange(60)).all(), "integer ids are the sample_ids"
+    x, _ = train.tensors(train.ids)
+    assert np.array_equal(x.reshape(len(train), 16).numpy(), pixels[train.ids]), "uint8 values kept, not rescaled"
 
 
 # Malformed inputs: (what to write, the setting values, what the one-line error must say).

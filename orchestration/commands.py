@@ -110,7 +110,7 @@ def train(session: Session, tracker: Tracker, on_slice: OnSlice = None) -> tuple
 
 
 def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarray | None, reason: str = "",
-           on_slice: OnSlice = None, keys: list[str] | None = None) -> tuple[list[DeletionReport], dict[str, float]]:
+           on_slice: OnSlice = None) -> tuple[list[DeletionReport], dict[str, float]]:
     """Serve a deletion request (or, with no ids, finish interrupted ones); one model version per request.
 
     The whole command holds the run's lock, so the version it registers and the state it reports
@@ -128,7 +128,7 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarra
             if sample_ids is None:
                 reports = [report for report in [run.serve_pending(on_slice)] if report is not None]
             else:
-                reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice, keys=keys)]
+                reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice)]
             shard_reports = [r for report in reports for r in report.shards]
             log_shard_runs(tracker, shard_reports)
             metrics = _ensemble_metrics(session, shard_reports, time.perf_counter() - began)
@@ -158,8 +158,8 @@ def request_summary(report: DeletionReport) -> dict[str, Any]:
             "samples_epochs": report.samples_epochs, "destroyed": kinds, "seconds": round(report.seconds, 3)}
 
 
-def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod, sample_ids: list[int],
-                target: str) -> ApproxReport:
+def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod,
+                sample_ids: list[int] | np.ndarray, target: str) -> ApproxReport:
     """Run an approximate method; a child run holds the method's params and before/after metrics."""
     session.run.validate(sample_ids)  # a refused request opens no MLflow run
     with _parent(tracker, session, "approx", {"request.num_ids": len(sample_ids)}):

@@ -21,15 +21,29 @@ class DataConfig:
     """Which data set to train on and where to find it."""
 
     name: str = "digits"
-    """Data set: digits (embedded), mnist, fashion-mnist, cifar10 (from files in root) or synthetic."""
+    """digits, synthetic (embedded), mnist, fashion-mnist, cifar10 (files in root), or parquet, csv, imagefolder (path)."""
     root: str = ""
     """Directory holding the data set's files (mnist, fashion-mnist, cifar10)."""
+    path: str = ""
+    """The training data of parquet, csv and imagefolder: a file, a directory of files, or a pyarrow.fs URI."""
+    test_path: str = ""
+    """The test data in the same layout as path; empty: a seeded test_fraction of the ids is held out."""
+    id_column: str = "sample_id"
+    """Column of the sample ids: integers (>= 0, used as they are) or strings (user ids, record keys)."""
+    label_column: str = "label"
+    """Column of the labels: integers (classes 0, 1, ...) or strings (class names, sorted into classes)."""
+    feature_columns: tuple[str, ...] = ()
+    """Feature columns; empty means every column but the id and the label."""
+    shape: tuple[int, ...] = ()
+    """Shape of one sample's features, e.g. 1,28,28 for a flat column of pixels; empty keeps them flat."""
     cache_dir: str = ""
     """Where decoded data is cached as Parquet; empty means ~/.cache/unlearn."""
     train_limit: int = 0
-    """Use only the training samples with the smallest sample_ids, this many (0 = all)."""
+    """Train on a stratified subset of this many samples, drawn with subset_seed (0 = all)."""
+    subset_seed: int = 0
+    """Seed of the train_limit subset and the hold-out of file data sets: part of the data set, not of the model."""
     test_fraction: float = 0.2
-    """Share held out as the test split for data sets without one (digits, synthetic)."""
+    """Share held out as the test split when there is none (digits, synthetic, files without test_path)."""
     synthetic_samples: int = 1000
     """Samples in the synthetic data set."""
     synthetic_features: int = 16
@@ -40,6 +54,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.train_limit < 0:
             raise ValueError(f"data.train_limit must be >= 0 (0 = all samples), got {self.train_limit!r}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"data.shape must hold positive sizes, e.g. 1,28,28; got {list(self.shape)}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,7 @@ class ModelConfig:
     """Architecture of each constituent model."""
 
     name: str = "mlp"
-    """Architecture: mlp, cnn, resnet18 (CIFAR variant) or resnet20."""
+    """mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory' (imported and run: trusted input)."""
     hidden: int = 128
     """Hidden units of the MLP."""
     channels: int = 32
@@ -142,8 +160,8 @@ class BenchConfig:
             raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
 
 
-NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.",
-                "bench.")
+NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "sisa.aggregation",
+                "sisa.checkpoint_every", "ray.", "tracking.", "bench.")
 """Settings that never change trained weights: a run may change them between commands."""
 
 

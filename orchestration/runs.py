@@ -18,6 +18,7 @@ from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
 from orchestration.derived import destroy_derived_models
+from orchestration.memory import check_fits
 from orchestration.models import build_model
 from orchestration.registry import destroy_published_versions
 from sisa import SampleTable, SisaRun
@@ -68,17 +69,20 @@ def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str],
 
 def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
                  create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None,
-                 flags: list[str] | None = None, secret: bytes | None = None) -> Session:
-    """Open (or, with `create`, make) the run in `run_dir`; see resolve_config for the arguments."""
+                 flags: list[str] | None = None, secret: bytes | None = None, trains: bool = True) -> Session:
+    """Open (or, with `create`, make) the run in `run_dir`; see resolve_config and open_run for the arguments."""
     run_dir = Path(run_dir)
     config, kept = resolve_config(run_dir, config_path, overrides or [], create, flags)
-    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, kept=kept, secret=secret)
+    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, kept=kept, secret=secret, trains=trains)
 
 
 def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
              lock_timeout: float | None = None, fault: FaultSpec | None = None, kept: RunConfig | None = None,
-             secret: bytes | None = None) -> Session:
+             secret: bytes | None = None, trains: bool = True) -> Session:
     """Open the run in `run_dir` with an already resolved config.
+
+    Bad data, a model that does not build, a recipe that does not fit the data, or (when the command
+    `trains`) shards too large for memory are refused here, before anything is written.
 
     Args:
         run_dir: the run directory.
@@ -89,13 +93,17 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         kept: the config saved with a new run (default `config`).
         secret: for a new run only, the secret of another run to reproduce its shard
             assignment (an exactness audit, disaster recovery); default a fresh one.
+        trains: whether the command trains (False: status, predict, audit skip the memory check).
     """
     run_dir = Path(run_dir)
     _check_device(config)
     train, test = data or load_dataset(config.data)
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
-    factory()  # fail on a bad model/data combination before anything is written
+    factory()
+    config.sisa.check_sample_shape(train.sample_shape)
+    if trains:
+        check_fits(train, config)
     store_uri = resolve_store(run_dir, config.store or None)
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),

@@ -1,31 +1,38 @@
 """Open a run directory: resolve its config, load its data, and build the SisaRun on top.
 
 The SisaRun gets the purgers of everything the application derives from the training data
-outside the checkpoint store (derived models in the run dir, published MLflow model versions),
-so every deletion destroys them too, whichever command serves it.
+outside the checkpoint store (derived models in the run dir, published MLflow model versions,
+the rows of the project's decoded cache the command read the data from), so every deletion
+destroys them too, whichever command serves it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from orchestration.actors import FaultSpec
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
+from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
 from orchestration.derived import destroy_derived_models
 from orchestration.memory import check_fits
 from orchestration.models import build_model
 from orchestration.registry import destroy_published_versions
 from sisa import SampleTable, SisaRun
 from sisa.ensemble import resolve_store
-from sisa.errors import ConfigMismatchError
+from sisa.errors import ConfigMismatchError, RunBindingError
+from sisa.ledger import Request
 
 CONFIG_FILE = "config.toml"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +105,29 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     run_dir = Path(run_dir)
     _check_device(config)
     train, test = data or load_dataset(config.data)
+    # Only data this command read from the project's cache ties the run to that cache file.
+    cache_file = train_cache_file(config.data) if data is None else None
+    purgers = [destroy_derived_models, destroy_published_versions]
+    if cache_file is not None:
+        purgers.append(functools.partial(purge_cached_rows, cache_file))
+    try:
+        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    except RunBindingError:
+        if cache_file is None or not purged_rows(cache_file):
+            raise
+        # The cached copy lacks rows another run's deletions purged, rows this run still holds.
+        log.info("the cached copy of %s lacks rows deleted by another run; reading the source files instead",
+                 config.data.name)
+        with bypassed():
+            train, test = load_dataset(config.data)
+        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    if not (run_dir / CONFIG_FILE).exists():
+        (kept or config).save(run_dir / CONFIG_FILE)
+    return Session(config, run, test, num_classes)
+
+
+def _sisa_run(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleTable, lock_timeout: float | None,
+              fault: FaultSpec | None, secret: bytes | None, trains: bool, purgers: list) -> tuple[SisaRun, int]:
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()
@@ -108,10 +138,15 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),
                   store_uri=config.store or None, executor=executor, lock_timeout=lock_timeout, secret=secret,
-                  purgers=[destroy_derived_models, destroy_published_versions])
-    if not (run_dir / CONFIG_FILE).exists():
-        (kept or config).save(run_dir / CONFIG_FILE)
-    return Session(config, run, test, num_classes)
+                  purgers=purgers)
+    return run, num_classes
+
+
+def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+    """Purger: remove the requests' rows from the project's decoded copy of the data set."""
+    ids = np.unique(np.concatenate([r.sample_ids for r in requests]))
+    record = purge_rows(cache_file, ids) if cache_file.exists() else None
+    return [record] if record else []
 
 
 def _check_device(config: RunConfig) -> None:

@@ -109,16 +109,21 @@ class BenchConfig:
     """Share of the random forget set kept in the 'hard' scenario: its most memorised samples."""
     forget_seed: int = 0
     """Seed of the forget-set draw and of the validation split; never a model seed."""
+    test_samples: int = 2000
+    """Test-split samples every model is scored on (a seeded stratified subset; 0 = all): scoring every
+    model on 10,000 test images would cost more than some of the unlearning it measures."""
     validation_fraction: float = 0.2
-    """Share of the test split (stratified) held out for tuning; the bench reports on the rest."""
+    """Share of those test samples (stratified) held out for tuning; the bench reports on the rest."""
     models: int = 16
     """Models a side: N originals, N oracles and N unlearning runs per method (scores compare N/2 a side).
     U-LiRA needs 8, forget quality 6."""
     methods: tuple[str, ...] = ()
     """Approximate methods to run (see `unlearn methods`); empty means all."""
-    targets: tuple[str, ...] = TARGETS
-    """'single': single models and approximate methods on them; 'ensemble': SISA ensembles, their exact
-    deletions, and approximate methods on the affected constituents."""
+    targets: tuple[str, ...] = ("single",)
+    """Where the approximate methods run: on 'single' models, and/or on the affected constituents of SISA
+    'ensemble's (each target gets its own originals, oracles, floor and ceiling)."""
+    sisa: bool = True
+    """Build SISA ensembles (originals, oracles) and score SISA's exact deletions against them."""
     cost_requests: int = 8
     """Single-sample requests a copy of the first original ensemble serves for the cost curve (0 skips it)."""
     cache_dir: str = ""
@@ -139,6 +144,8 @@ class BenchConfig:
         bad = [t for t in self.targets if t not in TARGETS]
         if bad or not self.targets:
             raise ValueError(f"bench.targets must be a non-empty subset of {list(TARGETS)}, got {list(self.targets)}")
+        if self.test_samples < 0:
+            raise ValueError(f"bench.test_samples must be >= 0 (0 = the whole test split), got {self.test_samples}")
         if self.stream_requests < 1 or self.cost_requests < 0:
             raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
 

@@ -182,18 +182,19 @@ def plot_margins(rows: list[Row], target: str, forget_ids: np.ndarray, path: Pat
         for line, row in enumerate(shown):
             ax = axes[line, col]
             ax.hist(of["floor"].population.margins["forget"][:, sample], bins, color="0.75", label="oracles")
-            ax.hist(of["ceiling"].population.margins["forget"][:, sample], bins, histtype="step", color=CEILING_COLOR,
-                    linewidth=1.5, linestyle="--", label="originals")
             ax.hist(row.population.margins["forget"][:, sample], bins, histtype="step", color=style[row.method]["color"],
-                    linewidth=2, label="method")
+                    linewidth=2.2, label="method")
+            # drawn last and dashed, so a method that changed nothing still shows both outlines
+            ax.hist(of["ceiling"].population.margins["forget"][:, sample], bins, histtype="step", color=CEILING_COLOR,
+                    linewidth=1.3, linestyle="--", label="originals")
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(row.method, rotation=0, ha="right", va="center", fontsize=9)
         axes[0, col].set_title(f"forget sample {forget_ids[sample]}", fontsize=10)
         axes[-1, col].set_xlabel("margin log p_y - log(1 - p_y)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, ["oracles (retrained)", "originals (no unlearning)", "the row's method"],
-               loc="outside upper center", ncol=3, frameon=False)
+    fig.legend(handles, ["oracles (retrained)", "the row's method", "originals (no unlearning)"],
+               loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"{TITLES[target]}: margins of the forget samples the originals memorised most, one count per model")
     fig.savefig(path, dpi=100)
     plt.close(fig)

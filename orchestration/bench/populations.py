@@ -54,10 +54,6 @@ from orchestration.models import build_model
 from sisa import SampleTable, SisaConfig, SisaRun
 from sisa.plan import ids_digest
 
-FAMILIES = ("single", "sisa")
-"""What a model is: one network trained on all its data, or a SISA ensemble."""
-
-
 # --- SisaRun: every ensemble of the bench is opened here ------------------------------------------
 
 
@@ -87,6 +83,7 @@ class Train:
     """Train a single model or a SISA ensemble on `ids` with `seed`."""
 
     family: str
+    """'single' (one network on all its data) or 'sisa' (an ensemble)."""
     seed: int
     ids: np.ndarray
     keep_run: bool = False

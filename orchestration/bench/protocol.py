@@ -5,8 +5,8 @@ A protocol is fixed before any model is trained and is recorded with the results
 
 - the deletion requests (one request for `random`, `class` and `hard`; `stream` serves single-sample
   requests one after another) and their union, the forget set;
-- the retain set (training samples not forgotten) and, from the test split, a validation part
-  (for tuning; seeded and stratified) and the test part the bench reports; in the `class` scenario
+- the retain set (training samples not forgotten) and, from a seeded stratified subset of the test
+  split (`test_samples`), a validation part (for tuning) and the test part the bench reports; in the `class` scenario
   both leave the forgotten class out (the papers' TA) and `test_class` keeps its test samples;
 - the seeds of every population, derived from `seed` and a role, so the populations of a tuning
   run (another `seed`) are disjoint from the reported ones.
@@ -79,13 +79,22 @@ class Protocol:
 
 
 def build(bench: BenchConfig, train: SampleTable, test: SampleTable, seed: int,
-          hard_ids: np.ndarray | None = None) -> Protocol:
-    """The protocol of `bench` on the data; the `hard` scenario needs its ids from `hardest`."""
-    if bench.scenario == "hard" and hard_ids is None:
+          forget_ids: np.ndarray | None = None) -> Protocol:
+    """The protocol of `bench` on the data and seeds from `seed`.
+
+    Args:
+        bench: the scenario, sizes and seeds of the forget set and the validation split.
+        train: the training split (forget and retain come from it).
+        test: the test split (test, validation and, class-wise, test_class come from it).
+        seed: base of every population's seeds.
+        forget_ids: forget these ids in one request instead of drawing them (required for the
+            `hard` scenario, whose ids come from `hardest`).
+    """
+    if bench.scenario == "hard" and forget_ids is None:
         raise ValueError("the hard scenario's forget set comes from the random scenario's models: see hardest()")
-    requests = [hard_ids] if hard_ids is not None else draw_requests(bench, train)
+    requests = [np.sort(forget_ids)] if forget_ids is not None else draw_requests(bench, train)
     forget = np.sort(np.concatenate(requests))
-    validation, reported = split_test(test, bench.validation_fraction, bench.forget_seed)
+    validation, reported = split_test(test, bench.test_samples, bench.validation_fraction, bench.forget_seed)
     test_class = np.empty(0, np.int64)
     if bench.scenario == "class":
         in_class = test.labels[np.searchsorted(test.ids, reported)] == bench.forget_class
@@ -115,13 +124,17 @@ def draw_requests(bench: BenchConfig, table: SampleTable) -> list[np.ndarray]:
     return [ids[i : i + 1] for i in range(count)] if bench.scenario == "stream" else [np.sort(ids)]
 
 
-def split_test(test: SampleTable, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(validation, test) ids: a seeded `fraction` of each class for validation, the rest for test."""
+def split_test(test: SampleTable, samples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, test) ids from a seeded stratified subset of `samples` test ids (0 = all of them):
+    `fraction` of each class for validation, the rest for test."""
     rng = np.random.default_rng(derive_seed(seed, "validation"))
-    validation = [rng.choice(ids, round(fraction * len(ids)), replace=False)
-                  for ids in (test.ids[test.labels == c] for c in np.unique(test.labels))]
-    chosen = np.sort(np.concatenate(validation)) if validation else np.empty(0, np.int64)
-    return chosen, np.setdiff1d(test.ids, chosen)
+    share = min(1.0, samples / len(test)) if samples else 1.0
+    classes = [test.ids[test.labels == c] for c in np.unique(test.labels)]
+    chosen = [rng.choice(ids, round(share * len(ids)), replace=False) for ids in classes]
+    validation = [rng.choice(ids, round(fraction * len(ids)), replace=False) for ids in chosen]
+    kept = np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
+    held = np.sort(np.concatenate(validation)) if validation else np.empty(0, np.int64)
+    return held, np.setdiff1d(kept, held)
 
 
 def hardest(pool: np.ndarray, original_margins: np.ndarray, oracle_margins: np.ndarray, fraction: float) -> np.ndarray:

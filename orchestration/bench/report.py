@@ -52,6 +52,15 @@ def _value(summary: dict[str, Any], key: str, fmt: str, kind: str) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:{fmt}}"
 
 
+def _fit(summary: dict[str, Any], key: str, fmt: str, kind: str, width: int) -> str:
+    """The cell in its format, or with fewer significant digits when it would not fit `width`."""
+    for candidate in (fmt, ".3g", ".2g"):
+        text = _value(summary, key, candidate, kind)
+        if len(text) <= width:
+            return text
+    return text
+
+
 def terminal_table(rows: list[Row], protocol: Protocol) -> str:
     """The compact table (at most 120 columns): one block per target, floor and ceiling first."""
     lines = []
@@ -65,7 +74,7 @@ def terminal_table(rows: list[Row], protocol: Protocol) -> str:
             if row.scores is None:
                 lines.append(f"{_name(row):<{widths[0]}}  skipped: {row.note}"[:TERMINAL_WIDTH])
                 continue
-            cells = [_value(row.scores.summary, key, fmt, row.kind) for key, _, fmt in COLUMNS]
+            cells = [_fit(row.scores.summary, key, fmt, row.kind, w - 1) for (key, _, fmt), w in zip(COLUMNS, widths[1:])]
             lines.append(f"{_name(row):<{widths[0]}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths[1:])))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

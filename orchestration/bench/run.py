@@ -21,7 +21,7 @@ from orchestration.bench.fanout import Fanout, InProcess, Progress, RayTasks, to
 from orchestration.bench.report import terminal_table, write_tables
 from orchestration.bench.scoring import floor_verdict
 from orchestration.bench.study import Row, Study
-from orchestration.config import RunConfig
+from orchestration.config import TARGETS, RunConfig
 from orchestration.datasets import load_dataset
 from orchestration.tracking import Tracker
 
@@ -58,25 +58,25 @@ def make_fanout(config: RunConfig) -> Fanout:
 def run_bench(config: RunConfig, out: Path, tracker: Tracker, fanout: Fanout | None = None,
               progress: Progress | None = None) -> BenchResult:
     """Run the bench of `config.bench`, write its tables and plots under `out`, log it to `tracker`."""
-    methods = protocol.create_methods(config.bench)  # bad names or parameters fail before any training
+    bench = config.bench
+    methods = protocol.create_methods(bench)  # bad names or parameters fail before any training
     fanout = fanout or make_fanout(config)
     train, test = load_dataset(config.data)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = Path(config.bench.cache_dir) if config.bench.cache_dir else out / "models"
-    config.save(out / "config.toml")
-    targets = config.bench.targets
+    cache = Path(bench.cache_dir) if bench.cache_dir else out / "models"
+    # SISA's rows need ensembles even where no approximate method runs on them
+    built = tuple(t for t in TARGETS if t in bench.targets or (t == "ensemble" and bench.sisa))
     with torch_threads(1):  # the driver's own scoring, like every job, on one thread
-        chosen = _protocol(config, train, test, fanout, cache, progress)
+        chosen = _protocol(config, train, test, fanout, cache, progress)  # a bad forget set fails here
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.toml")
         study = Study(config, train, test, chosen, fanout, cache, progress)
         params = {**config.flat(), "bench.forget_count": len(chosen.forget), "bench.test_count": len(chosen.test)}
         with tracker.run("bench", params=params, tags={"command": "bench", "scenario": chosen.scenario,
                                                        "out": str(out.resolve())}):
-            study.prepare(targets)
-            rows = [row for target in targets for row in study.reference_rows(target)]
-            rows += [study.method_row(method, target) for target in targets for method in methods]
-            curve = []
-            if "ensemble" in targets and config.bench.cost_requests:
-                curve = study.cost_curve(config.bench.cost_requests)
+            study.prepare(built, exact=bench.sisa)
+            rows = [row for target in built for row in study.reference_rows(target, exact=bench.sisa)]
+            rows += [study.method_row(method, target) for target in bench.targets for method in methods]
+            curve = study.cost_curve(bench.cost_requests) if bench.sisa and bench.cost_requests else []
             header = describe(config, chosen, rows, study)
             files = write_tables(rows, chosen, header, out) + _plots(rows, chosen, curve, out)
             for row in rows:
@@ -98,7 +98,7 @@ def _protocol(config: RunConfig, train, test, fanout: Fanout, cache: Path,  # no
     study = Study(config, train, test, pool, fanout, cache, progress)
     originals, oracles = study.population("single", "original"), study.population("single", "oracle")
     hard = protocol.hardest(pool.forget, originals.margins["forget"], oracles.margins["forget"], bench.hard_fraction)
-    return protocol.build(bench, train, test, config.seed, hard_ids=hard)
+    return protocol.build(bench, train, test, config.seed, forget_ids=hard)
 
 
 def _plots(rows: list[Row], chosen: protocol.Protocol, curve: list[dict[str, float]], out: Path) -> list[Path]:
@@ -140,7 +140,17 @@ def describe(config: RunConfig, chosen: protocol.Protocol, rows: list[Row], stud
         verdict += " (floor and ceiling overlap: this setting cannot tell)" if verdict == "undecided" else ""
         lines.append(f"SISA's exact deletions against SISA oracles: U-LiRA {exact.scores.summary['ulira']:.3f} "
                      f"(floor {floor['ulira']:.3f}, ceiling {ceiling['ulira']:.3f}): {verdict}")
+    if n < 8:
+        lines.append(f"U-LiRA needs 8 models a side and forget quality 6 (bench.models); with {n} they show as -")
     lines += [f"{r.method} on the {r.target} target skipped: {r.note}" for r in rows if r.scores is None]
+    for target in dict.fromkeys(r.target for r in rows):
+        floor, ceiling = (next(r for r in rows if r.target == target and r.kind == k).scores.summary
+                          for k in ("floor", "ceiling"))
+        inverted = [name for key, name in (("klom_forget", "KLoM-F"), ("ulira", "U-LiRA")) if floor[key] >= ceiling[key]]
+        if inverted:
+            lines.append(f"{target}: {' and '.join(inverted)} of the floor is not below the ceiling: with {n // 2} "
+                         "models a side it cannot rank methods here (KLoM's histograms need many models; EasyDUB "
+                         "uses 100 a side)")
     lines.append(f"models: {study.made} made, {study.reused} reused from the cache")
     shares = [c.cpu_share for r in rows if r.population is not None for c in r.population.costs if c.seconds > 0]
     share = float(np.nanmedian(shares)) if shares else math.nan

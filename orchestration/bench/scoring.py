@@ -39,6 +39,7 @@ class Population:
     forget_log_probs: np.ndarray
     """(models, forget samples, classes)."""
     costs: list[Cost] = field(default_factory=list)
+    _per_model: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def stack(cls, outputs: list[ModelOutputs], costs: list[Cost], labels: dict[str, np.ndarray]) -> Population:
@@ -50,6 +51,12 @@ class Population:
 
     def __len__(self) -> int:
         return len(self.forget_log_probs)
+
+    def per_model(self, seed: int) -> dict[str, np.ndarray]:
+        """UA, RA, TA (TA class) and MIA-efficacy of each model, computed once (oracles serve every row)."""
+        if seed not in self._per_model:
+            self._per_model[seed] = _per_model(self, seed)
+        return self._per_model[seed]
 
 
 @dataclass
@@ -114,7 +121,7 @@ def sanity(candidate: Population, reference: Population, seed: int = 0) -> dict[
     out: dict[str, float] = {}
     means = {}
     for name, population in (("candidate", candidate), ("reference", reference)):
-        values = _per_model(population, seed)
+        values = population.per_model(seed)
         means[name] = {k: float(np.mean(v)) for k, v in values.items()}
         if name == "candidate":
             for key, per_model in values.items():

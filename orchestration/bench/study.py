@@ -101,15 +101,16 @@ class Study:
 
     # --- populations ---
 
-    def prepare(self, targets: tuple[str, ...]) -> None:
-        """Make every target's originals and oracles (one fan-out), then the ensembles' exact deletions."""
+    def prepare(self, targets: tuple[str, ...], exact: bool = True) -> None:
+        """Make every target's originals and oracles (one fan-out), then (with `exact`) the ensembles'
+        exact deletions."""
         wanted = [(t, kind) for t in targets for kind in ("original", "oracle") if (t, kind) not in self._populations]
         jobs = [(t, kind, self.originals(t) if kind == "original" else self.oracles(t)) for t, kind in wanted]
         results = self.run([job for _, _, group in jobs for job in group])
         for t, kind, group in jobs:
             self._populations[(t, kind)] = self._stack(results[: len(group)])
             results = results[len(group) :]
-        if "ensemble" in targets and ("ensemble", "exact") not in self._populations:
+        if exact and "ensemble" in targets and ("ensemble", "exact") not in self._populations:
             deletions = [Delete(o, self.protocol.requests) for o in self.originals("ensemble")]
             self._populations[("ensemble", "exact")] = self._stack(self.run(deletions))
 
@@ -124,15 +125,15 @@ class Study:
 
     # --- rows ---
 
-    def reference_rows(self, target: str) -> list[Row]:
-        """The floor, the ceiling and, for the ensemble, SISA's exact deletions."""
+    def reference_rows(self, target: str, exact: bool = True) -> list[Row]:
+        """The floor, the ceiling and (with `exact`, for the ensemble) SISA's exact deletions."""
         oracle = self.population(target, "oracle")
         rows = [Row("retrain", target, "floor", self._score(oracle, oracle, target), oracle),
                 Row("original", target, "ceiling", self._score(self.population(target, "original"), oracle, target),
                     self.population(target, "original"))]
-        if target == "ensemble":
-            exact = self.population(target, "exact")
-            rows.append(Row("sisa", target, "exact", self._score(exact, oracle, target), exact))
+        if exact and target == "ensemble":
+            deleted = self.population(target, "exact")
+            rows.append(Row("sisa", target, "exact", self._score(deleted, oracle, target), deleted))
         return rows
 
     def method_row(self, method: approx.UnlearningMethod, target: str) -> Row:

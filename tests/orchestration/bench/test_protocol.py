@@ -42,12 +42,21 @@ def test_class_scenario_rejects_a_label_without_samples():
 
 def test_validation_split_is_stratified_disjoint_from_test_and_fixed():
     test = make_table(300, seed=2)
-    validation, reported = protocol.split_test(test, 0.2, seed=0)
+    validation, reported = protocol.split_test(test, 0, 0.2, seed=0)
     assert len(np.intersect1d(validation, reported)) == 0 and len(validation) + len(reported) == 300
     for label in range(3):
         in_class = test.ids[test.labels == label]
         assert len(np.intersect1d(validation, in_class)) == round(0.2 * len(in_class))
-    assert np.array_equal(validation, protocol.split_test(test, 0.2, seed=0)[0])
+    assert np.array_equal(validation, protocol.split_test(test, 0, 0.2, seed=0)[0])
+
+
+def test_test_samples_caps_the_scored_test_split_per_class():
+    test = make_table(300, seed=2)
+    validation, reported = protocol.split_test(test, 150, 0.2, seed=0)
+    assert abs(len(validation) + len(reported) - 150) <= 2
+    for label in range(3):
+        in_class = test.ids[test.labels == label]
+        assert abs(len(np.intersect1d(np.concatenate([validation, reported]), in_class)) - len(in_class) / 2) <= 0.5
 
 
 def test_population_seeds_are_distinct_across_roles_and_base_seeds():

@@ -4,8 +4,9 @@
   floor and ceiling drawn as bands;
 - `metrics_<target>.png`: every score of every method as a dot with its 95% interval, floor and
   ceiling as lines (dots rather than bars: accuracy axes start near the data, not at 0);
-- `margins_<target>.png`: the margins of the three forget samples whose originals differ most
-  from the oracles, under the oracles, the originals and each method;
+- `margins_<target>.png`: the margins of the three forget samples the originals memorised most
+  (largest mean margin under the originals minus under the oracles), under the oracles, the
+  originals and each method;
 - `sisa_cost.png`: SISA serving single-sample requests against retraining from scratch.
 
 Each method keeps one colour and marker in every plot; exact methods are large stars.
@@ -23,6 +24,8 @@ from orchestration.bench.study import Row
 
 FLOOR_COLOR, CEILING_COLOR = "tab:green", "tab:red"
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d", "8", "H")
+METHOD_COLORS = (0, 2, 8, 10, 12, 14, 16, 18, 1, 3, 9, 11, 13, 15, 17, 19)
+"""tab20 entries for methods: every colour but the greens and reds of the floor and the ceiling."""
 METRICS = [  # (summary key, panel title, axis bounds)
     ("klom_forget", "KLoM P95, forget (nats; lower = like retraining)", (0, None)),
     ("klom_retain", "KLoM P95, retain (nats)", (0, None)), ("klom_test", "KLoM P95, test (nats)", (0, None)),
@@ -46,9 +49,10 @@ def pyplot():  # noqa: ANN201 - matplotlib.pyplot, imported on use and headless
 def styles(rows: list[Row]) -> dict[str, dict[str, Any]]:
     """Method name -> matplotlib style, the same in every plot: distinct colour and marker pairs."""
     plt = pyplot()
-    colors = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20").colors
+    colors = [tab20[i] for i in METHOD_COLORS]
     names = sorted({r.method for r in rows if r.kind == "approximate"})
-    out = {name: {"color": colors[(2 * i) % 20 + (i // 10) % 2], "marker": MARKERS[i % len(MARKERS)], "markersize": 8}
+    out = {name: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)], "markersize": 8}
            for i, name in enumerate(names)}
     for name in {r.method for r in rows if r.kind in ("exact", "floor")}:
         out[name] = {"color": "black" if name == "sisa" else FLOOR_COLOR, "marker": "*", "markersize": 17,
@@ -85,6 +89,25 @@ def _limits(ax: Any, values: list[float], low_bound: float | None = None, high_b
     (ax.set_xlim if vertical else ax.set_ylim)(low, high)
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis labels as plain numbers (0.2, 1, 5), minor ones too when the axis spans little."""
+    from matplotlib.ticker import FuncFormatter, LogFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
+def _outliers(values: list[float], factor: float = 20.0) -> set[float]:
+    """Values so far from the rest (more than `factor` median absolute deviations from the median)
+    that zooming out to them would flatten every difference among the others."""
+    finite = np.array([v for v in values if not math.isnan(v)])
+    if len(finite) < 3:
+        return set()
+    median = np.median(finite)
+    spread = max(np.median(np.abs(finite - median)), 1e-9)
+    return {float(v) for v in finite if abs(v - median) > factor * spread}
+
+
 def _extent(summary: dict[str, float] | None, key: str) -> list[float]:
     return [summary.get(k, math.nan) for k in (key, f"{key}_lo", f"{key}_hi")] if summary else []
 
@@ -114,6 +137,7 @@ def plot_klom_vs_time(rows: list[Row], path: Path) -> Path:
                 values += _extent(s, key)
             _limits(ax, values, low_bound=0)
             ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
             ax.set_ylabel(f"KLoM {what}, forget set (nats)")
             ax.grid(alpha=0.3, which="both")
         axes[0, col].set_title(f"{TITLES[target]}: closeness to retraining vs cost\n(0 = like retraining; lower is better)",
@@ -142,16 +166,23 @@ def plot_metrics(rows: list[Row], target: str, path: Path) -> Path:
     for ax, (key, title, bounds) in zip(axes.flat, keys):
         _band(ax, floor, key, FLOOR_COLOR, "floor: oracles vs oracles", vertical=True)
         _band(ax, ceiling, key, CEILING_COLOR, "ceiling: originals (no unlearning)", vertical=True)
+        points = {y: r.scores.summary for y, r in enumerate(shown) if not math.isnan(r.scores.summary.get(key, math.nan))}
+        far = _outliers([s[key] for s in points.values()] + _extent(floor, key) + _extent(ceiling, key))
         values = _extent(floor, key) + _extent(ceiling, key)
-        for y, row in enumerate(shown):
-            s = row.scores.summary
-            if math.isnan(s.get(key, math.nan)):
+        for y, s in points.items():
+            if s[key] in far:
                 continue
             low, high = s.get(f"{key}_lo", math.nan), s.get(f"{key}_hi", math.nan)
             xerr = None if math.isnan(low) else [[s[key] - low], [high - s[key]]]
-            ax.errorbar(s[key], y, xerr=xerr, linestyle="none", capsize=3, **style[row.method])
+            ax.errorbar(s[key], y, xerr=xerr, linestyle="none", capsize=3, **style[shown[y].method])
             values += _extent(s, key)
         _limits(ax, values, *bounds, vertical=True)
+        for y, s in points.items():  # far off the others: an arrow at the edge with the value, so the axis keeps its zoom
+            if s[key] in far:
+                left = s[key] < ax.get_xlim()[0]
+                ax.annotate(f"{'<' if left else ''}{s[key]:.3g}{'' if left else '>'}", (0.01 if left else 0.99, y),
+                            xycoords=("axes fraction", "data"), ha="left" if left else "right", va="center", fontsize=8,
+                            color=style[shown[y].method]["color"], fontweight="bold")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
@@ -173,7 +204,8 @@ def plot_margins(rows: list[Row], target: str, forget_ids: np.ndarray, path: Pat
     style = styles(rows)
     of = {r.kind: r for r in rows if r.target == target and r.population is not None}
     shown = [r for r in rows if r.target == target and r.population is not None and r.kind in ("exact", "approximate")]
-    chosen = np.argsort(-of["ceiling"].scores.per_sample["klom/forget"], kind="stable")[:samples]
+    memorised = of["ceiling"].population.margins["forget"].mean(0) - of["floor"].population.margins["forget"].mean(0)
+    chosen = np.argsort(-memorised, kind="stable")[:samples]
     fig, axes = plt.subplots(len(shown), len(chosen), figsize=(4 * len(chosen) + 1.5, 1.3 * len(shown) + 1.4),
                              squeeze=False, sharex="col", layout="constrained")
     for col, sample in enumerate(chosen):
@@ -204,12 +236,15 @@ def plot_margins(rows: list[Row], target: str, forget_ids: np.ndarray, path: Pat
 def plot_sisa_cost(curve: list[dict[str, float]], retrain_seconds: float, path: Path) -> Path:
     """SISA deletion cost vs number of single-sample requests, against retraining for each."""
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     n = [p["request"] for p in curve]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     left.plot(n, np.cumsum([p["samples_epochs"] for p in curve]), "o-", label="SISA (retrained slices)")
     left.plot(n, np.cumsum([p["retrain_samples_epochs"] for p in curve]), "s--", label="retrain from scratch")
     left.set_xlabel("requests served")
     left.set_ylabel("cumulative samples x epochs")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     left.legend()
     right.plot(n, [p["seconds"] for p in curve], "o-", label="SISA, measured")
     right.axhline(retrain_seconds, color="tab:orange", linestyle="--", label="retrain the ensemble from scratch, median")

@@ -1,16 +1,9 @@
 """The models the bench compares, each made once and cached by what determines it.
 
-Three kinds of job make every model of a bench (see study.py for which ones a bench needs):
-
-- `Train`: a single model or a SISA ensemble trained on some ids with a seed (originals on all the
-  training data, oracles without the forget set);
-- `Delete`: SISA's exact deletion of the requests from an original ensemble;
-- `Unlearn`: an approximate method run on an original (a single model, or the constituents of an
-  ensemble whose shards hold the forget samples), with its own seed.
-
-`run_job` does one job in whatever process the fan-out gives it, evaluates the model on the
-protocol's splits and returns the per-example outputs and the cost. Everything lands in the cache
-(by default `<out>/models`), one folder per model named by kind and key:
+`run_job` does one job (see jobs.py: train, delete exactly, unlearn approximately) in whatever
+process the fan-out gives it, evaluates the model on the protocol's splits and returns the
+per-example outputs and the cost. Everything lands in the cache (by default `<out>/models`), one
+folder per model named by kind and key:
 
     single-<key>/            a single model           model.pt, meta.json, outputs-<splits>.npz
     sisa-<key>/              a SISA ensemble          ... and run/ (slice checkpoints) for originals
@@ -23,21 +16,18 @@ the method's parameters and seed. `model.pt` holds weights only (loaded with wei
 `meta.json` what the key was made of and the measured cost, `outputs-*.npz` the per-example outputs
 on one set of splits. A second bench with other methods, or a rerun after a crash, finds every
 finished model there and trains nothing twice. The cache does not see code changes: delete the
-folder after changing how models are trained or unlearned. Training sets in `run/` are the only
-large files; `rm -r <out>/models` frees everything.
+folder after changing how models are trained or unlearned. The slice checkpoints in `run/` are the
+largest files; `rm -r <out>/models` frees everything.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +37,21 @@ from torch import nn
 
 import approx
 from orchestration.approximate import unlearn_constituents
+from orchestration.bench.jobs import (
+    Delete,
+    Job,
+    JobResult,
+    ModelOutputs,
+    Train,
+    Unlearn,
+    Workspace,
+    atomic_write,
+    folder_name,
+    key,
+)
 from orchestration.bench.measure import Cost, measure
-from orchestration.config import RunConfig
 from orchestration.evaluation import outputs
-from orchestration.models import build_model
 from sisa import SampleTable, SisaConfig, SisaRun
-from sisa.plan import ids_digest
 
 # --- SisaRun: every ensemble of the bench is opened here ------------------------------------------
 
@@ -73,161 +72,6 @@ def clone(run: SisaRun, run_dir: Path) -> SisaRun:
     shutil.copytree(run.run_dir, run_dir, ignore=shutil.ignore_patterns("lock", "single"))
     return sisa_run(run_dir, run.table, run.trainer.model_factory, run.config, run.seed, run.fingerprint,
                     run.lock_timeout)
-
-
-# --- Jobs ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Train:
-    """Train a single model or a SISA ensemble on `ids` with `seed`."""
-
-    family: str
-    """'single' (one network on all its data) or 'sisa' (an ensemble)."""
-    seed: int
-    ids: np.ndarray
-    keep_run: bool = False
-    """Keep the SISA run directory (slice checkpoints) so that deletions can start from it."""
-
-    def parts(self, config: RunConfig) -> dict[str, Any]:
-        settings = {k: v for k, v in config.training_settings().items() if k != "seed"}
-        if self.family == "single":
-            settings.update({"sisa.num_shards": 1, "sisa.num_slices": 1})
-        return {"job": "train", "family": self.family, "settings": settings, "seed": self.seed,
-                "ids": ids_digest(self.ids)}
-
-    def label(self) -> str:
-        return f"train {self.family} (seed {self.seed})"
-
-
-@dataclass(frozen=True, eq=False)
-class Delete:
-    """Serve `requests`, in order, on a copy of an original SISA ensemble."""
-
-    original: Train
-    requests: tuple[np.ndarray, ...]
-    evaluate: bool = True
-    """Score the result (False for runs that only measure the cost per request)."""
-
-    def parts(self, config: RunConfig) -> dict[str, Any]:
-        return {"job": "delete", "original": key(self.original, config), "requests": [ids_digest(r) for r in self.requests]}
-
-    def label(self) -> str:
-        return f"SISA deletion (seed {self.original.seed})"
-
-
-@dataclass(frozen=True, eq=False)
-class Unlearn:
-    """Run an approximate method on an original, serving `requests` in order, with `seed`."""
-
-    original: Train
-    method: approx.UnlearningMethod
-    requests: tuple[np.ndarray, ...]
-    seed: int
-
-    def parts(self, config: RunConfig) -> dict[str, Any]:
-        return {"job": "unlearn", "original": key(self.original, config), "method": self.method.name,
-                "params": dataclasses.asdict(self.method), "requests": [ids_digest(r) for r in self.requests],
-                "seed": self.seed}
-
-    def label(self) -> str:
-        return f"{self.method.name} on {self.original.family} (seed {self.original.seed}, run {self.seed})"
-
-
-Job = Train | Delete | Unlearn
-
-
-def key(job: Job, config: RunConfig) -> str:
-    """The cache key of the model a job makes: a hash of what determines it."""
-    return hashlib.sha256(json.dumps(job.parts(config), sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def folder_name(job: Job, config: RunConfig) -> str:
-    """The job's folder in the cache, e.g. `finetune-single-<key>`."""
-    if isinstance(job, Train):
-        kind = job.family
-    elif isinstance(job, Delete):
-        kind = "deletion"
-    else:
-        kind = f"{job.method.name}-{job.original.family}"
-    return f"{kind}-{key(job, config)}"
-
-
-# --- What a job returns -----------------------------------------------------------------------------
-
-
-@dataclass
-class ModelOutputs:
-    """One model's per-example outputs on the protocol's splits."""
-
-    margins: dict[str, np.ndarray]
-    """Split -> (samples,) log p_y - log(1 - p_y), float64."""
-    predicted: dict[str, np.ndarray]
-    """Split -> (samples,) predicted labels."""
-    forget_log_probs: np.ndarray
-    """(forget samples, classes) log output distribution on the forget set."""
-
-    def save(self, path: Path) -> None:
-        arrays = {f"margins/{s}": v for s, v in self.margins.items()}
-        arrays.update({f"predicted/{s}": v for s, v in self.predicted.items()})
-        _atomic(path, lambda tmp: np.savez_compressed(tmp, forget_log_probs=self.forget_log_probs, **arrays))
-
-    @classmethod
-    def load(cls, path: Path) -> ModelOutputs:
-        with np.load(path) as data:
-            groups: dict[str, dict[str, np.ndarray]] = {"margins": {}, "predicted": {}}
-            for name in data.files:
-                if "/" in name:
-                    group, split = name.split("/")
-                    groups[group][split] = data[name]
-            return cls(groups["margins"], groups["predicted"], data["forget_log_probs"])
-
-
-@dataclass
-class JobResult:
-    """A finished job: the model's outputs (None when skipped or not evaluated) and its cost."""
-
-    job: Job
-    outputs: ModelOutputs | None
-    cost: Cost
-    fresh: bool
-    """Made by this call; False when the model came from the cache."""
-    request_costs: list[Cost] = field(default_factory=list)
-    """Deletions: the cost of each request."""
-    skipped: str = ""
-    """Why the method could not run on this model (e.g. it needs convolutions), else empty."""
-
-
-@dataclass(frozen=True, eq=False)
-class Workspace:
-    """What every job of a bench shares: config, data, the splits models are scored on, the cache."""
-
-    config: RunConfig
-    train: SampleTable
-    test: SampleTable
-    num_classes: int
-    splits: dict[str, tuple[str, np.ndarray]]
-    """Split name -> ('train' or 'test', sample_ids); see Protocol.splits."""
-    cache: Path
-
-    def table(self, ids: np.ndarray) -> SampleTable:
-        """The training table restricted to `ids`."""
-        return self.train if len(ids) == len(self.train) else self.train.take(ids)
-
-    def factory(self) -> Callable[[], nn.Module]:
-        return functools.partial(build_model, self.config.model, self.train.sample_shape, self.num_classes)
-
-    def sisa_config(self, family: str) -> SisaConfig:
-        sisa = self.config.sisa
-        return sisa if family == "sisa" else dataclasses.replace(sisa, num_shards=1, num_slices=1)
-
-    def aggregation(self, family: str) -> str:
-        return self.config.sisa.aggregation if family == "sisa" else "vote"
-
-    def outputs_file(self, folder: Path, family: str) -> Path:
-        """Outputs are cached per set of splits (and aggregation, which decides the predicted labels)."""
-        parts = [self.aggregation(family)] + [f"{n}:{t}:{ids_digest(i)}" for n, (t, i) in sorted(self.splits.items())]
-        return folder / f"outputs-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}.npz"
 
 
 # --- Doing a job ----------------------------------------------------------------------------------------
@@ -251,7 +95,7 @@ def run_job(job: Job, ws: Workspace) -> JobResult:
         _save_models(folder / "model.pt", models)
         record = {"job": job.label(), "parts": job.parts(ws.config), "cost": dataclasses.asdict(cost),
                   "requests": [dataclasses.asdict(c) for c in request_costs]}
-        _atomic(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))
+        atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))
     record = json.loads(meta.read_text())
     cost, request_costs = Cost(**record["cost"]), [Cost(**c) for c in record["requests"]]
     if isinstance(job, Delete) and not job.evaluate:
@@ -346,7 +190,7 @@ def _unlearn(job: Unlearn, ws: Workspace, original: Path) -> tuple[dict[int, nn.
 def _save_models(path: Path, models: dict[int, nn.Module]) -> None:
     state = {"shards": list(models), "states": [{k: v.detach().cpu() for k, v in m.state_dict().items()}
                                                for m in models.values()]}
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_models(path: Path, ws: Workspace, as_dict: bool = False) -> Any:
@@ -357,10 +201,3 @@ def _load_models(path: Path, ws: Workspace, as_dict: bool = False) -> Any:
         model.load_state_dict(weights)
         models[shard] = model.to(ws.config.sisa.device).eval()
     return models if as_dict else list(models.values())
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file renamed into place, so a crash never leaves half a file."""
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    write(str(tmp))
-    tmp.replace(path)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestration.bench import metrics
+from orchestration.bench.jobs import ModelOutputs
 from orchestration.bench.measure import Cost
-from orchestration.bench.populations import ModelOutputs
 
 PERCENTILE = 95
 ACCURACIES = {"ua": "forget", "ra": "retain", "ta": "test", "ta_class": "test_class"}

@@ -28,7 +28,8 @@ import numpy as np
 
 import approx
 from orchestration.bench.fanout import Fanout, Progress
-from orchestration.bench.populations import Delete, Job, JobResult, Train, Unlearn, Workspace, run_job
+from orchestration.bench.jobs import Delete, Job, JobResult, Train, Unlearn, Workspace
+from orchestration.bench.populations import run_job
 from orchestration.bench.protocol import Protocol
 from orchestration.bench.scoring import Population, Scores, score
 from orchestration.config import RunConfig

@@ -13,7 +13,8 @@ import torch
 import approx
 from orchestration.approximate import unlearn_constituents
 from orchestration.bench import populations
-from orchestration.bench.populations import Delete, Train, Unlearn, Workspace, key, run_job
+from orchestration.bench.jobs import Delete, Train, Unlearn, Workspace, folder_name, key
+from orchestration.bench.populations import run_job
 from orchestration.config import load_config
 from tests.conftest import assert_bit_identical, make_table, open_run, weights
 
@@ -91,7 +92,7 @@ def test_unlearn_job_that_the_method_cannot_run_is_skipped_with_the_reason(tmp_p
     job = Unlearn(original, approx.create("finetune"), (ws.splits["forget"][1],), 0)
     result = run_job(job, ws)
     assert result.skipped == "conv_transpose needs Conv2d layers; this model has none" and result.outputs is None
-    assert not (ws.cache / populations.folder_name(job, ws.config)).exists()
+    assert not (ws.cache / folder_name(job, ws.config)).exists()
 
 
 def test_unlearn_constituents_changes_only_shards_holding_the_ids_and_never_retrains_on_forgotten_ids(tmp_path):

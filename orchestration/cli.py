@@ -225,7 +225,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     create_methods(config.bench)  # bad names or parameters fail before anything starts
     progress = BenchProgress()
     try:
-        result = commands.bench(config, Path(args.out), make_tracker(config.tracking), progress)
+        result = commands.bench(config, Path(args.out), progress=progress)
     finally:
         progress.close()
     print(result.header)

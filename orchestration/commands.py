@@ -135,8 +135,8 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
     return report
 
 
-def bench(config: RunConfig, out: Path, tracker: Tracker, progress: Progress | None = None) -> BenchResult:
+def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None) -> BenchResult:
     """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
     process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
-    with a child per method."""
+    with a child per method (`config.tracking`'s tracker unless one is given)."""
     return run_bench(config, out, tracker, progress=progress)

@@ -20,10 +20,16 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from sisa import SisaError
+
 log = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
 THREADS = 1
 """torch threads per job."""
+
+
+class WorkerLostError(SisaError):
+    """A job's worker died on every retry; the models finished before are cached, so a rerun goes on."""
 
 
 class Progress(Protocol):
@@ -101,8 +107,8 @@ class RayTasks:
                 except RayTaskError as err:
                     raise RuntimeError(f"{job.label()} failed: {_first_line(err.cause)}") from err.cause
                 except ray.exceptions.RayError as err:
-                    raise RuntimeError(f"{job.label()}: its worker died {self.retries + 1} times "
-                                       f"({type(err).__name__}); finished models are cached, rerun to go on") from None
+                    raise WorkerLostError(f"{job.label()}: its worker died {self.retries + 1} times "
+                                          f"({type(err).__name__}); finished models are cached, rerun to go on") from None
                 if progress is not None:
                     progress.finished(job.label())
                 yield job, result

@@ -23,7 +23,7 @@ from orchestration.bench.scoring import floor_verdict
 from orchestration.bench.study import Row, Study
 from orchestration.config import TARGETS, RunConfig
 from orchestration.datasets import load_dataset
-from orchestration.tracking import Tracker
+from orchestration.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 LOADED = 0.9
@@ -55,9 +55,13 @@ def make_fanout(config: RunConfig) -> Fanout:
     return InProcess()
 
 
-def run_bench(config: RunConfig, out: Path, tracker: Tracker, fanout: Fanout | None = None,
+def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fanout: Fanout | None = None,
               progress: Progress | None = None) -> BenchResult:
-    """Run the bench of `config.bench`, write its tables and plots under `out`, log it to `tracker`."""
+    """Run the bench of `config.bench`, write its tables and plots under `out`, log it to `tracker`.
+
+    Without a tracker, the one `config.tracking` describes is opened once the forget set is known
+    to be valid, so a bad setting changes nothing on disk.
+    """
     bench = config.bench
     methods = protocol.create_methods(bench)  # bad names or parameters fail before any training
     fanout = fanout or make_fanout(config)
@@ -67,6 +71,7 @@ def run_bench(config: RunConfig, out: Path, tracker: Tracker, fanout: Fanout | N
     built = tuple(t for t in TARGETS if t in bench.targets or (t == "ensemble" and bench.sisa))
     with torch_threads(1):  # the driver's own scoring, like every job, on one thread
         chosen = _protocol(config, train, test, fanout, cache, progress)  # a bad forget set fails here
+        tracker = tracker or make_tracker(config.tracking)
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.toml")
         study = Study(config, train, test, chosen, fanout, cache, progress)

@@ -65,6 +65,16 @@ def test_quick_bench_puts_sisa_at_the_floor_of_its_oracles_between_floor_and_cei
     assert {"results.md", "protocol.json", "klom_vs_time.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+def test_bench_with_a_bad_forget_set_says_so_in_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    code, _, err = run_cli(capsys, "bench", "--engine", "local", *_sets("bench.scenario=class", "bench.forget_class=42"))
+    assert code == 2 and err.strip().splitlines() == [
+        "error: bench.forget_class 42 must be a label with some but not all samples; labels present: "
+        "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_floor_verdict_fails_a_population_that_forgot_nothing():
     floor = {"ulira": 0.52, "ulira_lo": 0.48, "ulira_hi": 0.56}
     ceiling = {"ulira": 0.97, "ulira_lo": 0.95, "ulira_hi": 0.99}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestration.bench.fanout import InProcess, RayTasks
+from orchestration.bench.fanout import InProcess, RayTasks, WorkerLostError
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ def die_once(job: Job, marker: str) -> int:
         Path(marker).touch()
         os._exit(1)
     return job.number
+
+
+def die(job: Job, shared: None) -> None:
+    os._exit(1)
 
 
 def fail(job: Job, shared: None) -> None:
@@ -75,3 +79,9 @@ def test_ray_job_whose_worker_is_killed_is_retried(ray_cluster, tmp_path):
 def test_ray_job_that_raises_fails_the_fanout_with_its_label(ray_cluster):
     with pytest.raises(RuntimeError, match="job 5 failed: ValueError: bad input 5"):
         list(RayTasks().map(fail, [Job(5)], None))
+
+
+@pytest.mark.ray
+def test_ray_job_whose_worker_keeps_dying_fails_with_one_line_naming_it(ray_cluster):
+    with pytest.raises(WorkerLostError, match="job 3: its worker died 1 times"):
+        list(RayTasks(retries=0).map(die, [Job(3)], None))

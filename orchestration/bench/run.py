@@ -24,6 +24,7 @@ from orchestration.bench.study import Row, Study
 from orchestration.config import TARGETS, RunConfig
 from orchestration.datasets import load_dataset
 from orchestration.tracking import Tracker, make_tracker
+from sisa import SampleTable
 
 log = logging.getLogger(__name__)
 LOADED = 0.9
@@ -66,15 +67,18 @@ def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fano
     methods = protocol.create_methods(bench)  # bad names or parameters fail before any training
     fanout = fanout or make_fanout(config)
     train, test = load_dataset(config.data)
-    cache = Path(bench.cache_dir) if bench.cache_dir else out / "models"
+    # absolute: Ray workers do not share this process's working directory
+    cache = (Path(bench.cache_dir) if bench.cache_dir else out / "models").resolve()
     # SISA's rows need ensembles even where no approximate method runs on them
     built = tuple(t for t in TARGETS if t in bench.targets or (t == "ensemble" and bench.sisa))
     with torch_threads(1):  # the driver's own scoring, like every job, on one thread
-        chosen = _protocol(config, train, test, fanout, cache, progress)  # a bad forget set fails here
+        chosen, pool = _protocol(config, train, test, fanout, cache, progress)  # a bad forget set fails here
         tracker = tracker or make_tracker(config.tracking)
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.toml")
         study = Study(config, train, test, chosen, fanout, cache, progress)
+        if pool is not None:  # the hard set's selection models count as this bench's work
+            study.made, study.reused = pool.made, pool.reused
         params = {**config.flat(), "bench.forget_count": len(chosen.forget), "bench.test_count": len(chosen.test)}
         with tracker.run("bench", params=params, tags={"command": "bench", "scenario": chosen.scenario,
                                                        "out": str(out.resolve())}):
@@ -93,17 +97,18 @@ def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fano
     return BenchResult(rows, chosen, header, terminal_table(rows, chosen), files, curve, study.made, study.reused)
 
 
-def _protocol(config: RunConfig, train, test, fanout: Fanout, cache: Path,  # noqa: ANN001 - SampleTables
-              progress: Progress | None) -> protocol.Protocol:
-    """The bench's protocol; the hard scenario first scores the random forget set's samples."""
+def _protocol(config: RunConfig, train: SampleTable, test: SampleTable, fanout: Fanout, cache: Path,
+              progress: Progress | None) -> tuple[protocol.Protocol, Study | None]:
+    """The bench's protocol (and, for the hard scenario, the study that scored the random forget set's
+    samples to choose it)."""
     bench = config.bench
     if bench.scenario != "hard":
-        return protocol.build(bench, train, test, config.seed)
+        return protocol.build(bench, train, test, config.seed), None
     pool = protocol.build(dataclasses.replace(bench, scenario="random"), train, test, config.seed)
     study = Study(config, train, test, pool, fanout, cache, progress)
     originals, oracles = study.population("single", "original"), study.population("single", "oracle")
     hard = protocol.hardest(pool.forget, originals.margins["forget"], oracles.margins["forget"], bench.hard_fraction)
-    return protocol.build(bench, train, test, config.seed, forget_ids=hard)
+    return protocol.build(bench, train, test, config.seed, forget_ids=hard), study
 
 
 def _plots(rows: list[Row], chosen: protocol.Protocol, curve: list[dict[str, float]], out: Path) -> list[Path]:

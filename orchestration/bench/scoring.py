@@ -17,6 +17,7 @@ cpu_share, samples_epochs and peak_mb (medians).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +105,11 @@ def score(candidate: Population, reference: Population, challenge: Population | 
     return Scores(per_sample, summary)
 
 
-def _folds(metric, candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:  # noqa: ANN001 - an array metric
+ArrayMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(candidate (models, samples), reference (models, samples)) -> per-sample values (samples,)."""
+
+
+def _folds(metric: ArrayMetric, candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-sample mean of `metric` over the two folds of N/2 candidates against N/2 oracles."""
     n = min(len(candidate), len(reference)) // 2
     if n < 1:
@@ -112,7 +117,8 @@ def _folds(metric, candidate: np.ndarray, reference: np.ndarray) -> np.ndarray: 
     return (metric(candidate[:n], reference[n : 2 * n]) + metric(candidate[n : 2 * n], reference[:n])) / 2
 
 
-def _bounds(summary: dict[str, float], name: str, per_sample: np.ndarray, statistic, seed: int) -> None:  # noqa: ANN001
+def _bounds(summary: dict[str, float], name: str, per_sample: np.ndarray,
+            statistic: Callable[[np.ndarray], np.ndarray], seed: int) -> None:
     summary[f"{name}_lo"], summary[f"{name}_hi"] = metrics.bootstrap_ci(per_sample, statistic, seed)
 
 

@@ -76,10 +76,12 @@ class Study:
     # --- jobs ---
 
     def originals(self, target: str) -> list[Train]:
+        """N models on all the training data; ensembles keep their slice checkpoints for deletions."""
         family = FAMILY[target]
         return [Train(family, s, self.ws.train.ids, keep_run=family == "sisa") for s in self.protocol.seeds("original")]
 
     def oracles(self, target: str) -> list[Train]:
+        """N models retrained from scratch on the retain set, with seeds of their own."""
         return [Train(FAMILY[target], s, self.protocol.retain) for s in self.protocol.seeds("oracle")]
 
     def unlearning_jobs(self, method: approx.UnlearningMethod, target: str) -> tuple[list[Unlearn], list[Unlearn]]:
@@ -90,6 +92,8 @@ class Study:
 
     def run(self, jobs: list[Job]) -> list[JobResult]:
         """Run jobs through the fan-out (the cache answers those already done), in the order given."""
+        if not jobs:
+            return []
         results: dict[int, JobResult] = {}
         index = {id(job): i for i, job in enumerate(jobs)}
         for job, result in self.fanout.map(run_job, jobs, self.ws, self.progress):

@@ -187,6 +187,10 @@ def test_bench_with_no_arguments_runs_the_default_digits_bench(tmp_path, capsys,
     assert code == 0, err
     assert out.startswith("digits, mlp, scenario random: 144 of 1438 training samples forgotten in 1 request(s); "
                           "16 models a side")
-    table = [line for line in out.splitlines() if line.startswith(tuple(approx.available()) + ("retrain", "original"))]
+    table = [line for line in out.splitlines() if line.startswith((*approx.available(), "retrain", "original", "sisa"))]
     assert len(table) == 2 + 3 + len(approx.available())  # floor and ceiling of each target, SISA, every method
     assert (tmp_path / "runs/bench/klom_vs_time.png").exists() and (tmp_path / "runs/bench/sisa_cost.png").exists()
+    # 16 originals and 16 oracles of each target, 16 deletions, 31 runs per method, one cost-curve copy
+    made = 2 * 32 + 16 + 31 * len(approx.available()) + 1
+    assert f"models: {made} made, 0 reused" in out
+    assert len(list((tmp_path / "runs/bench/models").iterdir())) == made  # not in the Ray workers' directory

@@ -22,7 +22,7 @@ from tests.orchestration.test_cli import run_cli
 
 TINY = ["data.train_limit=150", "sisa.epochs=4", "sisa.num_shards=2", "sisa.num_slices=2", "bench.models=4",
         "bench.methods=finetune,gradient_ascent", "bench.cost_requests=2", "ray.engine=local", "tracking.enabled=false"]
-COSTS = ("seconds", "cpu_share", "peak_mb", "speedup", "samples_epochs")
+COSTS = ("seconds", "cpu_share", "peak_mb", "speedup", "samples_epochs", "cpu_seconds")
 
 
 def _sets(*settings: str) -> list[str]:

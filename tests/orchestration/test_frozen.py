@@ -218,3 +218,45 @@ def test_full_network_runs_keep_the_fingerprint_they_had_before_frozen_backbones
     mnist = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist.toml")
     assert mnist.fingerprint() == "dd92f994d064a1212b21d16cf2edd35adbabe37aa39bf309ff6df405b28b475d"
     assert load_config(None, ["model.head=mlp", "model.adapter_rank=8"]).fingerprint() == RunConfig().fingerprint()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("trainable", ["head", "adapter"])
+def test_ray_engine_trains_and_forgets_frozen_backbone_runs_as_the_local_engine_does(backbone, tmp_path, ray_cluster,
+                                                                                    trainable):
+    settings = ["data.public_fraction=0.3", "model.hidden=32", f"model.backbone={backbone}", f"sisa.trainable={trainable}",
+                "sisa.epochs=4", "sisa.num_shards=3", "sisa.num_slices=2", "tracking.enabled=false"]
+    local = open_session(tmp_path / "local", overrides=[*settings, "ray.engine=local"], create=True)
+    remote = open_session(tmp_path / "ray", overrides=[*settings, "ray.engine=ray"], create=True,
+                          secret=local.run.secret)
+    forget = np.setdiff1d(local.run.table.ids, local.run.non_deletable)[[2, 40, 400]]
+    for session in (local, remote):
+        session.run.train()
+        report = session.run.forget(forget)
+        assert report.retrained
+    assert audit(remote.run.store, forget) == []
+    x, _ = local.test.tensors()
+    assert torch.equal(local.run.predict(x), remote.run.predict(x))
+    for (_, a), (_, b) in zip(local.run.constituents(), remote.run.constituents(), strict=True):
+        for key, value in a.state_dict().items():  # one torch thread per actor: equal to float precision
+            assert torch.allclose(value, b.state_dict()[key], atol=1e-5), key
+    remote.run.executor.close()
+
+
+@pytest.mark.parametrize("trainable", ["head", pytest.param("adapter", marks=pytest.mark.slow)])
+def test_the_registered_model_runs_the_backbone_and_loads_without_the_checkout(backbone, tmp_path, capsys, trainable):
+    pytest.importorskip("mlflow")
+    from orchestration.registry import published
+    from tests.orchestration.test_tracking import _load_without_the_checkout
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = str(tmp_path / "run")
+    settings = [a for a in _frozen(backbone, trainable) if a != "--no-track"]
+    assert run_cli(capsys, "train", "--run-dir", run_dir, *settings, "--tracking-uri", uri)[0] == 0
+    session = open_session(run_dir)
+    entry = published(Path(run_dir))[0]
+    files = {p.name for p in Path(entry["artifact_uri"].removeprefix("file://")).rglob("*.pt")}
+    assert "backbone.pt" in files and len([f for f in files if f.startswith("constituent-")]) == 3
+    x, _ = session.test.tensors()
+    predicted = _load_without_the_checkout(uri, entry["uri"], x.reshape(len(x), -1).numpy(), tmp_path)
+    assert predicted == session.run.predict(x).tolist()

@@ -61,7 +61,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         """Labels (n,) for inputs (n, features) or (n, *sample_shape)."""
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, *self.shape)
         if self.encoder is not None:
-            x = encode_inputs(self.encoder, x)  # one backbone pass; the heads take its features
+            x = encode_inputs(self.encoder, x, fixed_batches=False)  # one backbone pass; the heads take its features
         with torch.no_grad():
             logits = torch.stack([m(x) for m in self.models])  # (models, samples, classes)
         return aggregate(logits, self.how).numpy()

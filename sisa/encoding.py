@@ -6,8 +6,10 @@ needs a sample's features to be a pure function of the sample: a deletion retrai
 stored features of what remains, and a run trained from scratch without the deleted ids
 extracts them again from a different set of samples. CPU matrix kernels pick their blocking by
 the number of rows in a batch, so the same sample can come out a few ulps apart in a batch of 33
-and in one of 64; `encode_inputs` therefore always runs batches of exactly ENCODE_BATCH rows,
-padding the last one with zeros, which makes each row's result independent of its neighbours.
+and in one of 64; `encode_inputs` therefore runs batches of exactly ENCODE_BATCH rows, padding
+the last one with zeros, which makes each row's result independent of its neighbours. Prediction
+needs no such guarantee (a few ulps change no trained weight) and skips the padding, so that
+predicting one sample runs the backbone on one sample.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ ENCODE_BATCH = 256
 
 
 @torch.no_grad()
-def encode_inputs(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def encode_inputs(encoder: nn.Module, x: torch.Tensor, fixed_batches: bool = True) -> torch.Tensor:
     """The encoder's outputs for inputs x (n, *shape), in eval mode, one row per input.
 
-    Each row depends on its input alone (see the module docstring). The encoder's mode is
-    restored afterwards.
+    With `fixed_batches` each row depends on its input alone (see the module docstring); without,
+    the last batch is not padded (for prediction). The encoder's mode is restored afterwards.
     """
     was_training = encoder.training
     encoder.eval()
@@ -38,7 +40,7 @@ def encode_inputs(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with deterministic():
             for batch in x.split(ENCODE_BATCH):
                 n = len(batch)
-                if n < ENCODE_BATCH:
+                if n < ENCODE_BATCH and fixed_batches:
                     batch = torch.cat([batch, batch.new_zeros(ENCODE_BATCH - n, *batch.shape[1:])])
                 out.append(encoder(batch.to(device))[:n].float().cpu())
     finally:

@@ -437,16 +437,27 @@ class SisaRun:
             raise SisaError("the ensemble has no constituent left: every training sample was deleted")
         return models
 
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Constituent outputs for inputs x, shape (models, samples, classes).
+    def predictor(self, batch_size: int = 1024) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function of inputs x giving the constituent outputs (models, samples, classes), with the
+        constituents loaded (and verified) once: what a service keeps between requests.
 
-        With an encoder, it runs once on x and every constituent on its outputs.
+        With an encoder it runs once on x and every constituent on its outputs. It holds the ensemble
+        as it is now: make a new one after a deletion.
         """
         models = [m for _, m in self.constituents()]
-        if self.encoder is not None:
-            x = encode_inputs(self.encoder, x)  # (samples, *features): one backbone pass for all heads
-        return torch.stack([torch.cat([m(b) for b in x.split(batch_size)]) for m in models])
+        encoder = self.encoder
+
+        @torch.no_grad()
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            if encoder is not None:
+                x = encode_inputs(encoder, x, fixed_batches=False)  # (samples, *features): one backbone pass
+            return torch.stack([torch.cat([m(b) for b in x.split(batch_size)]) for m in models])
+
+        return logits
+
+    def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Constituent outputs for inputs x, shape (models, samples, classes); see `predictor`."""
+        return self.predictor(batch_size)(x)
 
     def predict(self, x: torch.Tensor, how: str | None = None) -> torch.Tensor:
         """Ensemble labels (samples,) by `how` ('vote' or 'mean'; default the config's)."""

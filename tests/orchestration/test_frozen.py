@@ -209,6 +209,9 @@ def test_approximate_methods_and_the_bench_refuse_frozen_backbone_runs(backbone,
     code, _, err = run_cli(capsys, "approx", "--run-dir", run_dir, "--method", "finetune", "--ids", str(private[0]),
                            "--no-track")
     assert code == 2 and "approximate methods unlearn full networks" in err
+    code, _, err = run_cli(capsys, "bench", "--out", str(tmp_path / "bench"), "--no-track", *PUBLIC,
+                           "--set", f"model.backbone={backbone}", "--set", "sisa.trainable=head")
+    assert code == 2 and "python -m benchmarks.frozen" in err and not (tmp_path / "bench").exists()
 
 
 def test_full_network_runs_keep_the_fingerprint_they_had_before_frozen_backbones():

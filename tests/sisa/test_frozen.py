@@ -103,7 +103,7 @@ def test_head_mode_predicts_with_one_encoder_pass_and_the_heads(tmp_path, table)
     finally:
         hook.remove()
     assert len(calls) == 1, "one backbone batch for 100 samples and three heads"
-    features = encode_inputs(BACKBONE, x)
+    features = encode_inputs(BACKBONE, x, fixed_batches=False)
     assert torch.equal(logits, torch.stack([m(features) for _, m in run.constituents()]))
     entry = run.store.entries()[0]
     assert set(run.store.load(entry.shard, entry.slice, entry.key)["model"]) == set(_head().state_dict())

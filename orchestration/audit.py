@@ -2,7 +2,7 @@
 
 It looks everywhere the project keeps something derived from the training data (the checkpoint
 store, the backbone features stored in the run directory, the derived models in the run directory,
-the MLflow model versions the run published)
+the decoded data cache, the MLflow model versions the run published)
 for anything that saw a deleted sample, and lists per request what was retrained and what was
 destroyed. Opening the run already verified its ledger (the MAC chain and the store's anchor)
 and its data digest. Optionally it trains the run again from scratch on the retained data with
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestration.datasets.cache import cached_ids, train_cache_file
 from orchestration.derived import stale_derived
 from orchestration.features import feature_files, feature_findings
 from orchestration.registry import live_versions, published, readable_artifacts
@@ -40,6 +41,14 @@ def _request_entry(request: Request) -> dict[str, Any]:
 def _store_findings(session: Session, deleted: np.ndarray) -> list[str]:
     return [f"store: checkpoint shard {e.shard} slice {e.slice} ({e.key}) saw a deleted sample"
             for e in store_audit(session.run.store, deleted)]
+
+
+def _cache_findings(session: Session, deleted: np.ndarray) -> list[str]:
+    path = train_cache_file(session.config.data)
+    if path is None or not deleted.size:
+        return []
+    held = np.intersect1d(cached_ids(path), deleted)
+    return [f"cache: {path} holds {len(held)} deleted sample(s)"] if held.size else []
 
 
 def _mlflow_findings(session: Session) -> list[str]:
@@ -99,6 +108,7 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
     findings += _store_findings(session, deleted)
     findings += feature_findings(run.run_dir, deleted)
     findings += [f"run dir: derived model {path} was built before a deletion" for path in stale_derived(run)]
+    findings += _cache_findings(session, deleted)
     findings += _mlflow_findings(session)
     if retrain_dir is not None:
         findings += retrain_check(session, retrain_dir)
@@ -108,7 +118,7 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
         "audited": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ledger": {"records": run.ledger.verify(), "head": run.ledger.head, "verified": True},
         "data_digest": run.ledger.data_digest(), "deleted_ids": int(len(deleted)),
-        "checked": ["ledger", "store"] + (["features"] if feature_files(run.run_dir) else []) + ["run dir", "mlflow"]
-        + (["retrain"] if retrain_dir is not None else []),
+        "checked": ["ledger", "store"] + (["features"] if feature_files(run.run_dir) else [])
+        + ["run dir", "data cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
         "clean": not findings, "findings": findings, "requests": [_request_entry(r) for r in shown],
     }

@@ -19,7 +19,7 @@ import approx
 from approx.registry import method_class, parameter_docs, parameters
 from orchestration import commands
 from orchestration.audit import certificate
-from orchestration.bench_report import markdown_table
+from orchestration.bench.protocol import create_methods
 from orchestration.config import RunConfig, load_config
 from orchestration.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
@@ -36,9 +36,9 @@ def request_ids(args: argparse.Namespace, session: Session) -> np.ndarray:
     """The sample_ids of a request given as --ids or --ids-file, in the data set's own ids."""
     table = session.run.table
     if args.ids is not None:
-        ids = ids_from_text(args.ids, table)
+        ids = ids_from_text(args.ids, table, history=session.run.ledger.requests())
     elif args.ids_file is not None:
-        ids = ids_from_file(args.ids_file, table, session.config.data.id_column)
+        ids = ids_from_file(args.ids_file, table, session.config.data.id_column, session.run.ledger.requests())
     else:
         raise InvalidRequestError("give --ids or --ids-file")
     check_new(table, ids, session.run.ledger.requests())
@@ -249,30 +249,49 @@ def cmd_approx(args: argparse.Namespace) -> None:
 
 
 def quick(config: RunConfig) -> RunConfig:
-    """`--quick`: the same bench, shrunk to run in CI: 2 seeds, at most 5 epochs, 2000 samples, 3 cost-curve requests."""
-    limit = min(config.data.train_limit or 2000, 2000)
+    """`--quick`: the same bench shrunk for CI: 8 models a side, at most 500 training samples (fewer
+    samples also make the originals memorise more), 2 cost-curve requests."""
+    limit = min(config.data.train_limit or 500, 500)
     return dataclasses.replace(
         config, data=dataclasses.replace(config.data, train_limit=limit),
-        sisa=dataclasses.replace(config.sisa, epochs=min(config.sisa.epochs, 5)),
-        bench=dataclasses.replace(config.bench, seeds=config.bench.seeds[:2] if len(config.bench.seeds) > 1 else (0, 1),
-                                  cost_requests=min(config.bench.cost_requests, 3)))
+        bench=dataclasses.replace(config.bench, models=min(config.bench.models, 8),
+                                  cost_requests=min(config.bench.cost_requests, 2)))
+
+
+class BenchProgress:
+    """One tqdm bar over every job of the bench; its total grows as the bench plans more."""
+
+    def __init__(self) -> None:
+        self.bar = tqdm(total=0, desc="bench", unit="model", dynamic_ncols=True, leave=False, disable=None)
+
+    def planned(self, count: int) -> None:
+        self.bar.total += count
+        self.bar.refresh()
+
+    def finished(self, label: str) -> None:
+        self.bar.set_postfix_str(label, refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     config = load_config(args.config, _settings(args) + _flags(args))
     if args.quick:
         config = quick(config)
-    bar = tqdm(desc="bench", unit="step", dynamic_ncols=True, leave=False, disable=None)
+    create_methods(config.bench)  # bad names or parameters fail before anything starts
+    progress = BenchProgress()
     try:
-        result = commands.bench(config, Path(args.out), make_tracker(config.tracking),
-                                lambda what: (bar.set_postfix_str(what), bar.update()), lambda n: bar.reset(total=n))
+        result = commands.bench(config, Path(args.out), progress=progress)
     finally:
-        bar.close()
-    b = config.bench
-    print(f"{config.data.name}, {config.model.name}, scenario {b.scenario}, {len(result.rows[0].forget_stat)} sample(s) "
-          f"forgotten, seeds {list(b.seeds)}; metrics in %, mean ± std over seeds, gaps measured to retraining")
-    print(markdown_table(result.summary))
-    print(f"tables and plots written to {args.out}: " + ", ".join(p.name for p in result.files))
+        progress.close()
+    print(result.header)
+    print(result.table, end="")
+    print(f"full tables (with 95% intervals), per-example arrays and plots in {args.out}: "
+          + ", ".join(p.name for p in result.files if p.parent == Path(args.out)))
+    print(f"trained and unlearned models are cached in {config.bench.cache_dir or Path(args.out) / 'models'} "
+          "(a rerun reuses them; delete the folder to free the space)")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -336,15 +355,20 @@ def build_parser() -> argparse.ArgumentParser:
     approx_.add_argument("--target", choices=("ensemble", "single"), default="ensemble",
                          help="the SISA ensemble's affected constituents, or a single model trained on all data")
     approx_.set_defaults(func=cmd_approx)
-    bench = sub.add_parser("bench", help="Compare retraining, SISA and approximate methods (see configs/).",
-                           description="Train, unlearn and score every method against retraining, over several "
-                                       "seeds; print the table and write tables and plots. With no arguments: a "
-                                       "quick run on the embedded digits data set.")
+    bench = sub.add_parser("bench", help="Score retraining, SISA and approximate methods against retrained models.",
+                           description="Train populations of original and retrained models, unlearn with every method, "
+                                       "and score each per example against the retrained ones (KLoM, U-LiRA, forget "
+                                       "quality) between a floor and a ceiling; print the table and write tables, "
+                                       "per-example arrays and plots. With no arguments: the embedded digits data set.")
     bench.add_argument("--config", help="TOML config file with a [bench] section (see configs/bench-*.toml)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set bench.scenario=class (repeatable)")
-    bench.add_argument("--out", default="runs/bench", help="where runs, tables and plots go (default runs/bench)")
+    bench.add_argument("--out", default="runs/bench",
+                       help="where tables, plots and the model cache go (default runs/bench)")
     bench.add_argument("--quick", action="store_true", help="shrink the bench to a CI-sized run")
+    bench.add_argument("--engine", choices=("ray", "local"),
+                       help="ray: one task of 1 CPU per model (default); local: one after another in this process")
+    bench.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     bench.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     bench.set_defaults(func=cmd_bench)

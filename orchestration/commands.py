@@ -10,8 +10,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,9 @@ import torch
 
 import approx
 from orchestration.approximate import ApproxReport, run_approx
-from orchestration.bench import OnStep, Row, SeedBench, bench_steps, cost_curve, create_methods, forget_requests
-from orchestration.bench_report import plot_gap_vs_time, plot_metrics, plot_sisa_cost, summarize, write_tables
+from orchestration.bench.fanout import Progress
+from orchestration.bench.run import BenchResult, run_bench
 from orchestration.config import RunConfig
-from orchestration.datasets import load_dataset
-from orchestration.models import build_model
 from orchestration.pretrain import PretrainReport
 from orchestration.pretrain import pretrain as pretrain_backbone
 from orchestration.registry import RUN_TAG, model_name, published, record_published
@@ -195,76 +191,8 @@ def pretrain(config: RunConfig, out: Path, tracker: Tracker, on_slice: OnSlice =
     return report
 
 
-@dataclass
-class BenchResult:
-    """What `unlearn bench` produced."""
-
-    rows: list[Row]
-    summary: list[dict[str, Any]]
-    curve: list[dict[str, float]]
-    files: list[Path]
-
-
-def bench(config: RunConfig, out: Path, tracker: Tracker, on_step: OnStep = None,
-          on_plan: Callable[[int], None] | None = None) -> BenchResult:
-    """Run the head-to-head bench of `config.bench`, write its tables and plots to `out` and log everything.
-
-    A parent run holds the config, the tables and plots; a child run per method, target and seed
-    holds that result's metrics. Shards are trained in-process whatever `ray.engine` says, so the
-    times of retraining, SISA and the approximate methods compare like for like. `on_plan` is
-    called once with the number of `on_step` calls to come, when the methods that fit the model
-    are known.
-    """
-    create_methods(config.bench)  # bad names or parameters fail before any data is loaded
-    if config.sisa.trainable != "all":
-        raise ValueError("unlearn bench compares full-network training; for frozen backbones see "
-                         "`python -m benchmarks.frozen`")
-    config = dataclasses.replace(config, store="", ray=dataclasses.replace(config.ray, engine="local"))
-    data = load_dataset(config.data)
-    probe = build_model(config.model, data[0].sample_shape, max(data[0].num_classes, data[1].num_classes))
-    methods = create_methods(config.bench, probe)
-    if on_plan is not None:
-        on_plan(bench_steps(config.bench, methods))
-    requests = forget_requests(config.bench, data[0])
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.toml")
-    tags = {"command": "bench", "scenario": config.bench.scenario, "out": str(out.resolve())}
-    with tracker.run("bench", params={**config.flat(), "bench.forget_count": sum(map(len, requests))}, tags=tags):
-        rows: list[Row] = []
-        first: Session | None = None
-        for seed in config.bench.seeds:
-            seed_bench = SeedBench(config, seed, data, requests, out, on_step)
-            first = first or seed_bench.session
-            for row in seed_bench.run(methods, config.bench.targets):
-                _log_row(tracker, row, methods)
-                rows.append(row)
-        curve = []
-        if config.bench.cost_requests and first is not None:
-            curve = cost_curve(first, requests, config.bench.cost_requests, config.bench.forget_seed, out)
-        summary = summarize(rows)
-        retrain_s = float(np.mean([r.metrics["seconds"] for r in rows if r.method == "retrain"])) / len(requests)
-        files = write_tables(summary, rows, out) + [plot_gap_vs_time(summary, out / "gap_vs_time.png"),
-                                                    plot_metrics(summary, out / "metrics.png")]
-        if curve:
-            files.append(plot_sisa_cost(curve, retrain_s, out / "sisa_cost.png"))
-            tracker.log_dict(curve, "sisa_cost_curve.json")
-        for path in files + [out / "config.toml"]:
-            tracker.log_artifact(path)
-        tracker.log_metrics({f"{e['method']}.{e['target']}/{k}": e[k] for e in summary for k in ("gap", "FQ", "seconds")
-                             if not np.isnan(e[k])})
-    return BenchResult(rows, summary, curve, files)
-
-
-def _log_row(tracker: Tracker, row: Row, methods: list[approx.UnlearningMethod]) -> None:
-    method = next((m for m in methods if m.name == row.method), None)
-    params: dict[str, Any] = {"method": row.method, "target": row.target, "seed": row.seed, "kind": row.kind}
-    if method is not None:
-        params.update({f"method.{f.name}": getattr(method, f.name) for f in dataclasses.fields(method)})
-    with tracker.run(f"{row.method}-{row.target}-seed{row.seed}", params=params,
-                     tags={"method": row.method, "target": row.target, "seed": str(row.seed)}):
-        tracker.log_metrics({_METRIC_NAMES.get(k, k): v for k, v in row.metrics.items() if not np.isnan(v)})
-
-
-_METRIC_NAMES = {"UA": "forget/UA", "RA": "retain/acc", "TA": "test/acc", "MIA": "mia/efficacy", "gap": "gap/avg",
-                 "KL": "forget/kl_to_retrain", "JS": "forget/js_to_retrain", "seconds": "time/unlearn_s",
-                 "samples_epochs": "cost/samples_epochs", "peak_mb": "cost/peak_mb", "store_mb": "store/mb"}
+def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None) -> BenchResult:
+    """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
+    process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
+    with a child per method (`config.tracking`'s tracker unless one is given)."""
+    return run_bench(config, out, tracker, progress=progress)

@@ -21,6 +21,7 @@ from pathlib import Path
 from orchestration.backbone import strip_classifier, write_backbone
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
+from orchestration.datasets.cache import bypassed, purged_rows, train_cache_file
 from orchestration.models import build_model
 from orchestration.public import describe_public, public_ids
 from sisa import SisaRun, aggregate
@@ -57,6 +58,11 @@ def pretrain(config: RunConfig, out: str | Path, on_slice: OnSlice = None) -> Pr
     if not out.resolve().parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.resolve().parent} does not exist")
     train, test = load_dataset(config.data)
+    cache_file = train_cache_file(config.data)
+    if cache_file is not None and purged_rows(cache_file):
+        # Other runs' deletions removed rows from the cached copy; one of them may be public here.
+        with bypassed():
+            train, test = load_dataset(config.data)
     public = public_ids(config.data, train)
     if not public.size:
         raise ValueError("unlearn pretrain trains on the data the run declares public (non-deletable): set "

@@ -2,7 +2,8 @@
 
 The SisaRun gets the purgers of everything the application derives from the training data
 outside the checkpoint store (stored backbone features, derived models in the run dir, published
-MLflow model versions), so every deletion destroys them too, whichever command serves it.
+MLflow model versions, the rows of the project's decoded cache the command read the data from), so
+every deletion destroys them too, whichever command serves it.
 
 With a frozen backbone (`model.backbone`, `sisa.trainable = head | adapter`) the run is also bound
 to the backbone file (its sha256) and to its public data (the digest of the ids declared public),
@@ -12,8 +13,11 @@ on exactly the run's public samples.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.constituents import constituent_factory
 from orchestration.datasets import load_dataset
+from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
 from orchestration.derived import destroy_derived_models
 from orchestration.features import FeatureStore, destroy_feature_rows
 from orchestration.memory import check_fits
@@ -32,10 +37,11 @@ from orchestration.registry import destroy_published_versions
 from sisa import SampleTable, SisaRun
 from sisa.config import fingerprint
 from sisa.ensemble import resolve_store
-from sisa.errors import ConfigMismatchError
-from sisa.ledger import ids_digest_hex
+from sisa.errors import ConfigMismatchError, RunBindingError
+from sisa.ledger import Request, ids_digest_hex
 
 CONFIG_FILE = "config.toml"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +118,34 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     run_dir = Path(run_dir)
     _check_device(config)
     train, test = data or load_dataset(config.data)
+    # Only data this command read from the project's cache ties the run to that cache file.
+    cache_file = train_cache_file(config.data) if data is None else None
+    purgers = [destroy_derived_models, destroy_published_versions]
+    if cache_file is not None:
+        purgers.append(functools.partial(purge_cached_rows, cache_file))
+    try:
+        session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    except (RunBindingError, ConfigMismatchError, ValueError) as err:
+        if cache_file is None or not purged_rows(cache_file):
+            raise
+        # The public ids are computed from the data (their digest is in the fingerprint, and a
+        # pretrained backbone names them), so a cached copy that lacks one of them shows as a
+        # changed config or a mismatched backbone rather than as other data.
+        if not isinstance(err, RunBindingError) and not declares_public(config):
+            raise
+        # The cached copy lacks rows another run's deletions purged, rows this run still holds.
+        log.info("the cached copy of %s lacks rows deleted by another run; reading the source files instead",
+                 config.data.name)
+        with bypassed():
+            train, test = load_dataset(config.data)
+        session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    if not (run_dir / CONFIG_FILE).exists():
+        (kept or config).save(run_dir / CONFIG_FILE)
+    return session
+
+
+def _session(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleTable, lock_timeout: float | None,
+             fault: FaultSpec | None, secret: bytes | None, trains: bool, purgers: list) -> Session:
     num_classes = max(train.num_classes, test.num_classes)
     trainable = config.sisa.trainable
     backbone = load_backbone(config.model, train.sample_shape, num_classes) if config.model.backbone else None
@@ -125,11 +159,11 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         check_fits(train, config, backbone.feature_shape if trainable == "head" else None)
     store_uri = resolve_store(run_dir, config.store or None)
     features = FeatureStore(run_dir, backbone, train) if trainable == "head" else None
-    purgers = [destroy_feature_rows] if features else []
+    # Feature rows first: they are the derived data closest to the checkpoints.
+    purgers = ([destroy_feature_rows] if features else []) + purgers
     try:
         run = SisaRun(run_dir, train, factory, config.sisa, config.seed, run_fingerprint(config, backbone, public),
-                      store_uri=config.store or None, lock_timeout=lock_timeout, secret=secret,
-                      purgers=purgers + [destroy_derived_models, destroy_published_versions],
+                      store_uri=config.store or None, lock_timeout=lock_timeout, secret=secret, purgers=purgers,
                       encoder=backbone.module if features else None, inputs=features.inputs if features else None,
                       non_deletable=public, non_deletable_reason=refusal_reason(config.data))
     except ConfigMismatchError as err:
@@ -138,11 +172,16 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         raise ConfigMismatchError(f"{err} (the backbone file {config.model.backbone or '-'} and the public ids "
                                   "are part of it: the run was made with other contents)") from None
     if config.ray.engine == "ray":
+        # Head mode: the workers get the stored features, never the backbone; adapter mode: the
+        # samples and the backbone, which each constituent wraps.
         run.executor = RayExecutor(config, store_uri, fault, run.trainer.table, num_classes, run.fingerprint,
                                    backbone if trainable == "adapter" else None)
-    if not (run_dir / CONFIG_FILE).exists():
-        (kept or config).save(run_dir / CONFIG_FILE)
     return Session(config, run, test, num_classes, backbone, features)
+
+
+def declares_public(config: RunConfig) -> bool:
+    """Whether the run declares public (non-deletable) training data."""
+    return bool(config.data.public_fraction or config.data.public_ids)
 
 
 def run_fingerprint(config: RunConfig, backbone: Backbone | None, public: np.ndarray) -> str:
@@ -170,6 +209,13 @@ def _check_public(config: RunConfig, backbone: Backbone | None, public: np.ndarr
         raise ValueError(f"model.backbone {config.model.backbone} was pretrained on other samples than the run declares "
                          f"public ({describe_public(config.data)}, {public.size} samples): a deletable sample may be in "
                          "the backbone; use the public-data settings it was pretrained with")
+
+
+def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+    """Purger: remove the requests' rows from the project's decoded copy of the data set."""
+    ids = np.unique(np.concatenate([r.sample_ids for r in requests]))
+    record = purge_rows(cache_file, ids) if cache_file.exists() else None
+    return [record] if record else []
 
 
 def _check_device(config: RunConfig) -> None:

@@ -63,5 +63,6 @@ def test_the_readme_python_api_example_trains_and_forgets(tmp_path, monkeypatch,
     report = namespace["report"]
     assert report.retrained and len(report.sample_ids) == 2
     assert (tmp_path / "runs" / "api" / "ledger.jsonl").exists()
-    assert capsys.readouterr().out.startswith("{")
+    out = capsys.readouterr().out
+    assert out.startswith("{") and "bit-identical to retraining: True" in out
 

@@ -49,12 +49,30 @@ def _decode(source: Path) -> Split:
         if not (folder / name).exists():
             raise DatasetError(f"cifar10: {folder / name} is missing")
         with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")  # the data set's own format is a pickle
+            batch = _Batches(f, encoding="bytes").load()
         parts.append((np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(batch[b"labels"])))
     x_train = np.concatenate([p[0] for p in parts[:5]])
     y_train = np.concatenate([p[1] for p in parts[:5]])
     return (SampleTable.from_numpy(x_train, y_train, scale=1 / 255),
             SampleTable.from_numpy(parts[5][0], parts[5][1], scale=1 / 255))
+
+
+class _Batches(pickle.Unpickler):
+    """Unpickles CIFAR-10's python batches and nothing else.
+
+    The data set's own format is a pickle, and unpickling runs whatever a file names. A batch is a
+    dict of bytes, lists and one NumPy array, so only NumPy's array reconstruction may be named; a
+    file asking for anything else is refused instead of executed.
+    """
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise DatasetError(f"cifar10: a batch file names {module}.{name}, which a CIFAR-10 batch never does; "
+                               "refusing to unpickle it")
+        return super().find_class(module, name)
 
 
 def _decode_zip(path: Path) -> Split:

@@ -74,6 +74,23 @@ def test_cifar10_read_from_python_pickle_batches(tmp_path):
     assert (len(train), len(test), train.sample_shape) == (20, 4, (3, 32, 32))
 
 
+class _Payload:
+    def __reduce__(self):
+        return (open, ("/tmp/written-by-a-pickle", "w"))
+
+
+def test_cifar10_batches_that_name_anything_but_arrays_are_refused_not_executed(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": _Payload(), b"labels": [0]}))
+    with pytest.raises(DatasetError, match="names io.open, which a CIFAR-10 batch never does"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert not __import__("pathlib").Path("/tmp/written-by-a-pickle").exists()
+
+
 def test_missing_files_name_what_is_expected(tmp_path):
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte.*expected the four standard idx files"):
         load_dataset(DataConfig(name="mnist", root=str(tmp_path)))

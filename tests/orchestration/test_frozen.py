@@ -97,7 +97,7 @@ def test_head_mode_train_forget_status_predict_and_audit(backbone, tmp_path, cap
     assert code == 0 and "test accuracy (vote)" in out
     code, out, _ = run_cli(capsys, "audit", "--run-dir", run_dir, "--retrain", str(tmp_path / "scratch"), "--no-track",
                              "--engine", "local")
-    assert code == 0 and "checked ledger, store, features, run dir, mlflow, retrain" in out and "audit: clean" in out, out
+    assert code == 0 and "checked ledger, store, features, run dir, data cache, mlflow, retrain" in out and "audit: clean" in out, out
 
 
 def test_head_mode_audit_finds_feature_rows_of_deleted_samples(backbone, tmp_path, capsys):
@@ -127,6 +127,12 @@ def test_adapter_mode_forget_is_bit_identical_to_training_from_scratch(backbone,
     saved = set(session.run.store.load(entry.shard, entry.slice, entry.key)["model"])
     adapters = {f"backbone.module.net.{i}.{part}.weight" for i in (1, 3) for part in ("down", "up")}
     assert saved == adapters | {"head.1.weight", "head.1.bias"}, "LoRA of the last 2 layers and the head, nothing frozen"
+    info = json.loads(run_cli(capsys, "status", "--run-dir", run_dir, "--json")[1])
+    assert info["sisa"]["trainable"] == "adapter" and info["features"] is None
+    assert info["backbone"]["each_shard_trains"] == "LoRA adapters (rank 4, last 2 layer(s)) and a linear head"
+    assert info["test_accuracy"]["vote"] > 0.7
+    code, out, _ = run_cli(capsys, "predict", "--run-dir", run_dir, "--no-track")
+    assert code == 0 and "test accuracy (vote)" in out
     code, out, _ = run_cli(capsys, "audit", "--run-dir", run_dir, "--retrain", str(tmp_path / "scratch"), "--no-track",
                              "--engine", "local")
     assert code == 0 and "audit: clean" in out, out

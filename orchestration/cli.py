@@ -1,4 +1,4 @@
-"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, audit, serve."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm import tqdm
 
 import approx
 from approx.registry import method_class, parameter_docs, parameters
-from orchestration import commands
+from orchestration import commands, timings
 from orchestration.audit import certificate
 from orchestration.bench_report import markdown_table
 from orchestration.config import RunConfig, load_config
-from orchestration.runs import Session, open_session
+from orchestration.runs import Session, open_session, resolve_config
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
 from sisa import InvalidRequestError, PendingRequestError, SisaError, SliceReport, aggregate
@@ -103,8 +105,13 @@ def _flags(args: argparse.Namespace) -> list[str]:
 
 
 def _session(args: argparse.Namespace, create: bool = False) -> Session:
-    return open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
-                        lock_timeout=args.lock_timeout, flags=_flags(args))
+    session = open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
+                           lock_timeout=args.lock_timeout, flags=_flags(args))
+    # Torch's default of one thread per core collapses when another process shares the cores (threads
+    # wait at every operation's barrier for the one that was descheduled); the run's count does not,
+    # and matches the shard actors', so both engines train the same bits. main() restores the default.
+    torch.set_num_threads(session.config.ray.command_threads())
+    return session
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -253,6 +260,14 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print(f"unlearned model(s) written to {report.saved_to} (the exact SISA checkpoints are unchanged)")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestration.serve.launch import serve_forever
+
+    flags = _flags(args) + [f"serve.{key}={getattr(args, key)}" for key in ("host", "port") if getattr(args, key)]
+    config, _ = resolve_config(Path(args.run_dir), None, _settings(args), create=False, flags=flags)
+    return serve_forever(Path(args.run_dir), config)
+
+
 def quick(config: RunConfig) -> RunConfig:
     """`--quick`: the same bench, shrunk to run in CI: 2 seeds, at most 5 epochs, 2000 samples, 3 cost-curve requests."""
     limit = min(config.data.train_limit or 2000, 2000)
@@ -295,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        p.add_argument("--timings", action="store_true", help="print where the command's time went")
         return p
 
     train = command("train", "Train (or resume training) a SISA ensemble.")
@@ -345,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "recipe, seed and secret) and check every constituent is "
                                                         "bit-identical")
     audit.set_defaults(func=cmd_audit)
+    serve = command("serve", "Serve predictions and deletion requests over HTTP (Ray Serve) until stopped.")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -373,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `unlearn` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging()
+    timings.reset()
+    began, startup, threads = time.perf_counter(), timings.process_age(), torch.get_num_threads()
     try:
         return args.func(args) or 0
     except PendingRequestError as err:
@@ -383,6 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: an unfinished deletion stays pending in the ledger and is finished by the next command "
               "on the run (or `unlearn forget --resume`)", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
+        if getattr(args, "timings", False):
+            parts = timings.breakdown(time.perf_counter() - began, startup)
+            total = parts.pop("total")
+            print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()) + f"; total {total:.2f} s",
+                  file=sys.stderr)
     return 2
 
 

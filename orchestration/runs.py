@@ -1,15 +1,17 @@
 """Open a run directory: resolve its config, load its data, and build the SisaRun on top.
 
 The SisaRun gets the purgers of everything the application derives from the training data
-outside the checkpoint store (derived models in the run dir, published MLflow model versions),
-so every deletion destroys them too, whichever command serves it.
+outside the checkpoint store (derived models in the run dir, cached test-set outputs, published
+MLflow model versions), so every deletion destroys them too, whichever command serves it.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +21,9 @@ from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
 from orchestration.derived import destroy_derived_models
 from orchestration.models import build_model
+from orchestration.outputs_cache import destroy_stale_outputs
 from orchestration.registry import destroy_published_versions
+from orchestration.timings import phase
 from sisa import SampleTable, SisaRun
 from sisa.ensemble import resolve_store
 from sisa.errors import ConfigMismatchError
@@ -92,18 +96,36 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     """
     run_dir = Path(run_dir)
     _check_device(config)
-    train, test = data or load_dataset(config.data)
+    if data is None:
+        with phase("data load"):
+            data = load_dataset(config.data)
+    train, test = data
     num_classes = max(train.num_classes, test.num_classes)
     factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
     factory()  # fail on a bad model/data combination before anything is written
     store_uri = resolve_store(run_dir, config.store or None)
     executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
+    purgers = [_timed(destroy_derived_models, "purge"), _timed(destroy_stale_outputs, "purge"),
+               _timed(destroy_published_versions, "mlflow")]
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),
                   store_uri=config.store or None, executor=executor, lock_timeout=lock_timeout, secret=secret,
-                  purgers=[destroy_derived_models, destroy_published_versions])
+                  purgers=purgers)
+    if executor is None:
+        run.executor = _timed(run.executor, "retraining")
     if not (run_dir / CONFIG_FILE).exists():
         (kept or config).save(run_dir / CONFIG_FILE)
     return Session(config, run, test, num_classes)
+
+
+def _timed(work: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`work`, its calls counted as phase `name` of the command's timings."""
+
+    @functools.wraps(work)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        with phase(name):
+            return work(*args, **kwargs)
+
+    return timed
 
 
 def _check_device(config: RunConfig) -> None:

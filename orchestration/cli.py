@@ -389,12 +389,18 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # never imported by commands that do not use it
+    return ray is not None and ray.is_initialized()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `unlearn` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging()
     timings.reset()
     began, startup, threads = time.perf_counter(), timings.process_age(), torch.get_num_threads()
+    connected = _ray_connected()
     try:
         return args.func(args) or 0
     except PendingRequestError as err:
@@ -407,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         torch.set_num_threads(threads)
+        if not connected and _ray_connected():
+            # Stop (or leave) the cluster this command started now rather than at exit, so that
+            # --timings counts it.
+            with timings.phase("ray stop"):
+                sys.modules["ray"].shutdown()
         if getattr(args, "timings", False):
             parts = timings.breakdown(time.perf_counter() - began, startup)
             total = parts.pop("total")

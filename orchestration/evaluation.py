@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.svm import SVC
 from torch import nn
 
 from sisa import aggregate
@@ -96,6 +95,8 @@ def mia_efficacy(out: Outputs, seed: int = 0) -> float:
     non_members = rng.choice(non_members, count, replace=False)
     features = np.concatenate([members, non_members])[:, None]
     is_member = np.r_[np.ones(count), np.zeros(count)]
+    from sklearn.svm import SVC  # here: importing scikit-learn costs every command about 2 s of start-up
+
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, is_member)
     return 100 * (1 - attack.predict(forget[:, None]).mean())
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import deletion, overhead, parallel, storage
+from benchmarks import deletion, overhead, parallel, service, storage
 
 
 @pytest.mark.ray
@@ -52,3 +52,24 @@ def test_overhead_and_storage_benchmarks_quick_modes_write_results(tmp_path):
     point = saved["points"][1]
     assert point["every"]["2"]["checkpoints"] < point["every"]["1"]["checkpoints"]
     assert point["serving"]["bfloat16"]["bytes"] < point["serving"]["float32"]["bytes"]
+
+
+def test_timings_line_of_a_command_parses_into_phases():
+    stderr = ("request r-0001: ...\n"
+              "timings: startup 3.10 s, data load 0.41 s, retraining 0.80 s, other 0.05 s; total 4.36 s\n")
+    assert service.parse_timings(stderr) == {"startup": 3.10, "data load": 0.41, "retraining": 0.80, "other": 0.05,
+                                             "total": 4.36}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_service_benchmark_quick_mode_times_every_path(tmp_path):
+    results = service.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "service-quick.json").read_text())
+    summary = saved["summary"]
+    assert set(summary["command"]) == {"ray", "local-1t", "local-2t"}
+    assert all(v["median_s"] > 0 and v["breakdown_median_s"]["retraining"] > 0 for v in summary["command"].values())
+    ray_phases = summary["command"]["ray"]["breakdown_median_s"]
+    assert ray_phases["ray start"] > 0 and ray_phases["actor start"] > 0 and "evaluation" in ray_phases
+    assert summary["service"]["median_s"] > 0 and summary["monolithic_median_s"] > 0
+    assert results["predictions"]["idle"]["answers"] > 0 and results["predictions"]["deleting"]["answers"] > 0

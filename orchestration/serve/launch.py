@@ -23,12 +23,18 @@ from orchestration.cluster import ensure_ray
 from orchestration.config import RunConfig, ServeConfig
 from orchestration.datasets import cache_dir
 from orchestration.runs import open_run
-from sisa.errors import RunLockedError
+from sisa.errors import RunLockedError, SisaError
 from sisa.lock import run_lock
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "UNLEARN_TOKEN"
+
+
+class ServiceError(SisaError):
+    """The service could not be deployed."""
+
+
 _QUIET = {"log_level": "WARNING", "enable_access_log": False}
 
 
@@ -113,18 +119,25 @@ def deploy(run_dir: Path, config: RunConfig, token: str) -> Service:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines repeat what this command says
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=_QUIET)
     board = ray.remote(VersionBoard).options(num_cpus=0).remote()
+    # A replica whose constructor fails (a run that cannot be opened) is not retried for long.
     worker = serve.deployment(DeletionWorker).options(
         name="DeletionWorker", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0},
+        max_constructor_retry_count=2,
     ).bind(str(run_dir), config, board)
     gateway = serve.deployment(Gateway).options(
         name="Gateway", num_replicas=settings.replicas, max_ongoing_requests=32,
-        ray_actor_options={"num_cpus": settings.replica_cpus},
+        ray_actor_options={"num_cpus": settings.replica_cpus}, max_constructor_retry_count=2,
     ).bind(config, session.run.table.sample_shape, session.num_classes, hashlib.sha256(token.encode()).hexdigest(),
            board, worker)
     run_id = session.run.run_id
     del session  # the worker opens the run itself
     app = f"unlearn-{run_id[:8]}"
-    serve.run(gateway, name=app, route_prefix="/", logging_config=_QUIET)
+    try:
+        serve.run(gateway, name=app, route_prefix="/", logging_config=_QUIET)
+    except Exception as err:  # noqa: BLE001 - Serve wraps the replica's error in its own
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ServiceError(f"the service did not start: {lines[-1] if lines else type(err).__name__} "
+                           "(Ray's logs: /tmp/ray/session_latest/logs/serve)") from None
     return Service(f"http://{settings.host}:{settings.port}", app, run_id, board)
 
 

@@ -149,6 +149,8 @@ class ServedEnsemble:
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> dict[str, Any]:
         """Labels (by the run's aggregation) and mean posterior probabilities for inputs (n, features)."""
+        if not self.models:
+            raise NoVersionError(f"version {self.number} has no model: every training sample was deleted")
         inputs = torch.from_numpy(x).reshape(len(x), *self.sample_shape)
         # Batches bound the activations' memory (a CNN's first layer alone is ~100 KB per sample).
         logits = torch.stack([torch.cat([model(b) for b in inputs.split(_BATCH)])

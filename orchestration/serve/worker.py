@@ -130,25 +130,33 @@ class DeletionWorker:
         began = time.perf_counter()
         try:
             report = self.run.serve_pending(max_requests=len(batch))
-            assert report is not None and report.request_ids == names  # nothing else serves this run
-            keys = {s: k for s, k in {**self._keys, **report.final_keys}.items()
-                    if s not in report.dirty or s in report.final_keys}  # emptied shards drop out
-            self._publish(self._served + len(names), keys, names)
         except Exception as err:  # noqa: BLE001 - the requests stay pending in the ledger and are retried
-            log.exception("serving %s failed; retrying in %g s", ", ".join(names), self.settings.retry_after_s)
-            with self._state:
-                self._running = []
-                first_line = str(err).splitlines()[0] if str(err) else ""
-                self._failed.update(dict.fromkeys(names, f"{type(err).__name__}: {first_line}"))
-            time.sleep(self.settings.retry_after_s)
+            self._failure(names, err)
             return
+        assert report is not None and report.request_ids == names  # nothing else serves this run
+        keys = {s: k for s, k in {**self._keys, **report.final_keys}.items()
+                if s not in report.dirty or s in report.final_keys}  # emptied shards drop out
+        while True:  # the ledger says done: the swap must happen before anything else does
+            try:
+                self._publish(self._served + len(names), keys, names)
+                break
+            except Exception as err:  # noqa: BLE001 - the replicas keep the old version until it succeeds
+                self._failure(names, err)
         log.info("done %s: retrained %s, %d samples x epochs, %.2f s", ", ".join(names), report.retrained or "nothing",
                  report.samples_epochs, time.perf_counter() - began)
         self._after(report, began)
 
+    def _failure(self, names: list[str], err: Exception) -> None:
+        log.exception("serving %s failed; retrying in %g s", ", ".join(names), self.settings.retry_after_s)
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        with self._state:
+            self._failed.update(dict.fromkeys(names, f"{type(err).__name__}: {first_line}"))
+        time.sleep(self.settings.retry_after_s)
+
     def _publish(self, number: int, keys: Mapping[int, str], served: list[str]) -> None:
         """Make version `number` (`keys`) the one every replica answers with; returns once all have."""
-        weights = [(shard, model.state_dict()) for shard, model in self.run.constituents(keys)]
+        # No keys: every training sample was deleted, and the replicas answer that there is no model.
+        weights = [(shard, model.state_dict()) for shard, model in self.run.constituents(keys)] if keys else []
         info = {"number": number, "constituents": len(weights), "served": served,
                 "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         import ray
@@ -161,6 +169,8 @@ class DeletionWorker:
             log.warning("version %d: waiting for replica(s) %s to acknowledge it", number, ", ".join(missing))
         with self._state:
             self._served, self._keys, self._running = number, dict(keys), []
+            for name in served:
+                self._failed.pop(name, None)
 
     def _after(self, report: DeletionReport | None, began: float) -> None:
         """What follows a version: its test accuracy (only retrained constituents run) and, with
@@ -211,10 +221,12 @@ class DeletionWorker:
             version = self._versions.get(number, {})
         if r.done is not None and index <= served:
             state = "done"
+        elif failed:
+            state = "failed"
         elif request_id in running or r.done is not None:
             state = "running"
         else:
-            state = "failed" if failed else "pending"
+            state = "pending"
         done = r.done or {}
         kinds: dict[str, int] = {}
         for item in r.destroyed:

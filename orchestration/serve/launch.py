@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,21 @@ def deploy(run_dir: Path, config: RunConfig, token: str) -> Service:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ServiceError(f"the service did not start: {lines[-1] if lines else type(err).__name__} "
                            "(Ray's logs: /tmp/ray/session_latest/logs/serve)") from None
+    _wait_replicas(ray, board, settings.replicas)
     return Service(f"http://{settings.host}:{settings.port}", app, run_id, board)
+
+
+def _wait_replicas(ray: Any, board: Any, count: int, timeout: float = 600.0) -> None:
+    """Wait until `count` replicas answer with the current version (Serve says a replica is up once
+    constructed; it loads its first version just after)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        current = ray.get(board.current.remote())
+        acked = ray.get(board.replicas.remote())
+        if current is not None and sum(number == current["number"] for number in acked.values()) >= count:
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"the prediction replicas did not load the ensemble within {timeout:.0f} s")
 
 
 def serve_forever(run_dir: Path, config: RunConfig) -> int:

@@ -1,7 +1,8 @@
 """The service over real HTTP on 127.0.0.1: request lifecycle, whole versions, bad input, auth, audit.
 
-One service (digits, 2 shards x 2 slices, MLflow on) runs on the session's Ray cluster for the
-whole module; tests that delete go in order, and the last one stops it and audits the run.
+One service (digits, 2 shards x 2 slices, 2 prediction replicas, MLflow on) runs on the session's
+Ray cluster for the whole module; tests that delete go in order, and the last one stops it and
+audits the run.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def service(tmp_path_factory, ray_cluster):
         session = open_session(run_dir)
         plan, x = session.run.plan(), session.test.tensors()[0]
         del session  # the service opens the run and holds its lock
-        config = load_config(run_dir / "config.toml", [f"serve.port={_free_port()}"])
+        # Two prediction replicas: "every replica acknowledged the new version" is about more than one.
+        config = load_config(run_dir / "config.toml", [f"serve.port={_free_port()}", "serve.replicas=2"])
         running = deploy(run_dir, config, TOKEN)
         yield {"url": running.url, "run_dir": run_dir, "plan": plan, "x": x.reshape(len(x), -1)[:40].numpy(),
                "service": running}

@@ -85,8 +85,8 @@ def destroy_published_versions(run: SisaRun, requests: list[Request]) -> list[di
     records = []
     served = ",".join(r.request_id for r in requests)
     for entry in published(run.run_dir):
-        client = _client(entry["tracking_uri"])
         try:
+            client = _client(entry["tracking_uri"])
             version = client.get_model_version(entry["name"], entry["version"])
             destroyed_by = version.tags.get(DESTROYED_TAG)
             if destroyed_by and destroyed_by != served:

@@ -124,13 +124,14 @@ class DeletionWorker:
         log.info("serving %s (%s)", ", ".join(names), reason)
         with self._state:
             self._running = names
-            for name in names:
-                self._failed.pop(name, None)
+            for name in names:  # a request that failed stays `failed` (with its error) until it is done
                 self._arrived.pop(name, None)
         began = time.perf_counter()
         try:
             report = self.run.serve_pending(max_requests=len(batch))
         except Exception as err:  # noqa: BLE001 - the requests stay pending in the ledger and are retried
+            with self._state:
+                self._running = []
             self._failure(names, err)
             return
         assert report is not None and report.request_ids == names  # nothing else serves this run

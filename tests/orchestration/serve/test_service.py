@@ -8,6 +8,7 @@ audits the run.
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -51,7 +52,8 @@ def service(tmp_path_factory, ray_cluster):
         plan, x = session.run.plan(), session.test.tensors()[0]
         del session  # the service opens the run and holds its lock
         # Two prediction replicas: "every replica acknowledged the new version" is about more than one.
-        config = load_config(run_dir / "config.toml", [f"serve.port={_free_port()}", "serve.replicas=2"])
+        config = load_config(run_dir / "config.toml", [f"serve.port={_free_port()}", "serve.replicas=2",
+                                                       "serve.retry_after_s=1"])
         running = deploy(run_dir, config, TOKEN)
         yield {"url": running.url, "run_dir": run_dir, "plan": plan, "x": x.reshape(len(x), -1)[:40].numpy(),
                "service": running}
@@ -229,6 +231,31 @@ def test_status_shows_the_run_the_served_version_and_its_accuracy(service):
     assert info["data"]["name"] == "digits" and info["sisa"]["num_shards"] == 2
     assert info["service"]["version"] == len(info["requests"]) and info["service"]["pending"] == []
     assert info["test_accuracy"]["vote"] > 0.5 and "token_file" not in info["service"]["settings"]
+
+
+def test_a_request_whose_serving_fails_is_reported_failed_and_retried_until_done(service):
+    began = time.monotonic()  # the last batch's MLflow version is registered (and recorded) first
+    while _state(service, "r-0004")["model_uri"] is None:
+        assert time.monotonic() - began < 120
+        time.sleep(0.2)
+    record = service["run_dir"] / "published.jsonl"
+    intact = record.read_text()
+    # A published version the deletion must destroy but cannot reach: the request must not be done.
+    unreachable = {"tracking_uri": "sqlite:////proc/no-such-dir/mlflow.db", "name": "m", "version": "1",
+                   "model_id": None, "artifact_uri": "/proc/no-such-dir", "requests": 0}
+    record.write_text(intact + json.dumps(unreachable) + "\n")
+    request_id = _forget(service, [int(service["plan"].slice_ids(1)[1][3])]).json()["request_id"]
+    began = time.monotonic()
+    while (state := _state(service, request_id))["state"] != "failed":
+        assert state["state"] in ("pending", "running") and time.monotonic() - began < 120, state
+        time.sleep(0.05)
+    assert "RegistryError" in state["error"] and "retried every 1 s" in state["error"]
+    assert _predict(service).json()["version"] == 4, "the old version is served while the request is not done"
+    record.write_text(intact)
+    while (state := _state(service, request_id))["state"] != "done":  # failed until a retry succeeds
+        assert state["state"] in ("failed", "running") and time.monotonic() - began < 240, state
+        time.sleep(0.05)
+    assert "error" not in state and state["version"] == 5 == _predict(service).json()["version"]
 
 
 # Last: stops the service.

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import SHARED_MNIST, median, write_results
-from orchestration.bench import clone
-from orchestration.bench_report import pyplot
+from orchestration.bench.plots import pyplot
+from orchestration.bench.populations import clone
 from orchestration.config import DataConfig, ModelConfig
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model

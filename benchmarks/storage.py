@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import SHARED_MNIST, write_results
-from orchestration.bench import clone
+from orchestration.bench.populations import clone
 from orchestration.config import DataConfig, ModelConfig
 from orchestration.datasets import load_dataset
 from orchestration.models import build_model

@@ -1,8 +1,8 @@
 """`unlearn audit`: the deletion certificate of a run.
 
 It looks everywhere the project keeps something derived from the training data (the checkpoint
-store, the derived models and the cached test-set outputs in the run directory, the MLflow model
-versions the run published)
+store, the derived models and the cached test-set outputs in the run directory, the decoded data
+cache, the MLflow model versions the run published)
 for anything that saw a deleted sample, and lists per request what was retrained and what was
 destroyed. Opening the run already verified its ledger (the MAC chain and the store's anchor)
 and its data digest. Optionally it trains the run again from scratch on the retained data with
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestration.datasets.cache import cached_ids, train_cache_file
 from orchestration.derived import stale_derived
 from orchestration.outputs_cache import stale_outputs
 from orchestration.registry import live_versions, published, readable_artifacts
@@ -40,6 +41,14 @@ def _request_entry(request: Request) -> dict[str, Any]:
 def _store_findings(session: Session, deleted: np.ndarray) -> list[str]:
     return [f"store: checkpoint shard {e.shard} slice {e.slice} ({e.key}) saw a deleted sample"
             for e in store_audit(session.run.store, deleted)]
+
+
+def _cache_findings(session: Session, deleted: np.ndarray) -> list[str]:
+    path = train_cache_file(session.config.data)
+    if path is None or not deleted.size:
+        return []
+    held = np.intersect1d(cached_ids(path), deleted)
+    return [f"cache: {path} holds {len(held)} deleted sample(s)"] if held.size else []
 
 
 def _mlflow_findings(session: Session) -> list[str]:
@@ -96,8 +105,9 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
                 for r in run.ledger.pending()]
     findings += _store_findings(session, deleted)
     findings += [f"run dir: derived model {path} was built before a deletion" for path in stale_derived(run)]
-    findings += [f"cache: {path} holds test-set outputs of a model that is no longer a constituent (it saw a "
-                 "deleted sample)" for path in stale_outputs(run)]
+    findings += [f"outputs cache: {path} holds test-set outputs of a model that is no longer a constituent (it saw "
+                 "a deleted sample)" for path in stale_outputs(run)]
+    findings += _cache_findings(session, deleted)
     findings += _mlflow_findings(session)
     if retrain_dir is not None:
         findings += retrain_check(session, retrain_dir)
@@ -107,6 +117,7 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
         "audited": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ledger": {"records": run.ledger.verify(), "head": run.ledger.head, "verified": True},
         "data_digest": run.ledger.data_digest(), "deleted_ids": int(len(deleted)),
-        "checked": ["ledger", "store", "run dir", "cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
+        "checked": ["ledger", "store", "run dir", "outputs cache", "data cache", "mlflow"]
+                   + (["retrain"] if retrain_dir is not None else []),
         "clean": not findings, "findings": findings, "requests": [_request_entry(r) for r in shown],
     }

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,8 +21,9 @@ import approx
 from approx.registry import method_class, parameter_docs, parameters
 from orchestration import commands, timings
 from orchestration.audit import certificate
-from orchestration.bench_report import markdown_table
+from orchestration.bench.protocol import create_methods
 from orchestration.config import RunConfig, load_config
+from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
 from orchestration.runs import Session, open_session, resolve_config
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
@@ -33,42 +33,17 @@ from sisa.errors import LedgerError, RunBindingError
 log = logging.getLogger("unlearn")
 
 
-def parse_ids(text: str) -> list[int]:
-    """'3,17, 42' -> [3, 17, 42]; anything that is not an integer is rejected by name."""
-    tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
-    bad = [t for t in tokens if not re.fullmatch(r"[+-]?\d+", t)]
-    if bad:
-        raise InvalidRequestError(f"sample ids must be integers; got {bad[:5]}")
-    return [int(t) for t in tokens]
-
-
-def read_ids_file(path: str) -> list[int]:
-    """Ids from a Parquet file's `sample_id` column, or a text file with one id per line (# comments)."""
-    file = Path(path)
-    if not file.exists():
-        raise InvalidRequestError(f"ids file {path} does not exist")
-    if not file.is_file():
-        raise InvalidRequestError(f"ids file {path} is not a file; give a text file with one id per line "
-                                  "or a Parquet file with a sample_id column")
-    if file.suffix == ".parquet":
-        table = pq.read_table(file)
-        if "sample_id" not in table.column_names:
-            raise InvalidRequestError(f"{path} has no 'sample_id' column (columns: {table.column_names})")
-        column = table.column("sample_id")
-        if not pa.types.is_integer(column.type):
-            raise InvalidRequestError(f"{path}: column sample_id must be integers, not {column.type}")
-        return column.to_pylist()
-    lines = [line.split("#", 1)[0] for line in file.read_text().splitlines()]
-    return parse_ids(" ".join(lines))
-
-
-def request_ids(args: argparse.Namespace) -> list[int]:
-    """The ids of a request given as --ids or --ids-file."""
+def request_ids(args: argparse.Namespace, session: Session) -> np.ndarray:
+    """The sample_ids of a request given as --ids or --ids-file, in the data set's own ids."""
+    table = session.run.table
     if args.ids is not None:
-        return parse_ids(args.ids)
-    if args.ids_file is not None:
-        return read_ids_file(args.ids_file)
-    raise InvalidRequestError("give --ids or --ids-file")
+        ids = ids_from_text(args.ids, table, history=session.run.ledger.requests())
+    elif args.ids_file is not None:
+        ids = ids_from_file(args.ids_file, table, session.config.data.id_column, session.run.ledger.requests())
+    else:
+        raise InvalidRequestError("give --ids or --ids-file")
+    check_new(table, ids, session.run.ledger.requests())
+    return ids
 
 
 class Progress:
@@ -104,9 +79,9 @@ def _flags(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _session(args: argparse.Namespace, create: bool = False) -> Session:
+def _session(args: argparse.Namespace, create: bool = False, trains: bool = True) -> Session:
     session = open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
-                           lock_timeout=args.lock_timeout, flags=_flags(args))
+                           lock_timeout=args.lock_timeout, flags=_flags(args), trains=trains)
     # Torch's default of one thread per core collapses when another process shares the cores (threads
     # wait at every operation's barrier for the one that was descheduled); the run's count does not,
     # and matches the shard actors', so both engines train the same bits. main() restores the default.
@@ -129,8 +104,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_forget(args: argparse.Namespace) -> None:
     if args.ids is None and args.ids_file is None and not args.resume:
         raise InvalidRequestError("give --ids, --ids-file, or --resume to finish an interrupted request")
-    ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args)
     session = _session(args)
+    ids = None if args.resume and args.ids is None and args.ids_file is None else request_ids(args, session)
     progress = Progress("retraining")
     try:
         reports, metrics = commands.forget(session, make_tracker(session.config.tracking), ids, args.reason, progress)
@@ -140,7 +115,8 @@ def cmd_forget(args: argparse.Namespace) -> None:
         print("no interrupted request to finish")
         return
     for report in reports:
-        print(f"request {', '.join(report.request_ids)}: {len(report.sample_ids)} sample(s) forgotten; "
+        print(f"request {', '.join(report.request_ids)}: {len(report.sample_ids)} sample(s) forgotten "
+              f"({describe_ids(session.run.table, report.sample_ids)}); "
               f"retrained {report.retrained or 'nothing'} (shard: slices), "
               f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; "
               f"destroyed {report.purged} checkpoint(s) and {len(report.destroyed) - report.purged} other item(s) "
@@ -175,7 +151,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    session = _session(args)
+    session = _session(args, trains=False)
     info = describe(session)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -185,7 +161,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"data: {d['name']}: {d['train']} training samples ({d['retained']} retained), {d['test']} test")
     print(f"model: {info['model']}, seed {info['seed']}")
     print(f"sisa: {s['num_shards']} shards x {s['num_slices']} slices, {s['epochs']} epochs "
-          f"({s['slice_epochs']} per slice), aggregation {s['aggregation']}")
+          f"({s['slice_epochs']} per slice), {s['optimizer']} lr {s['lr']} {s['lr_schedule']}"
+          f"{', augmented' if s['augment'] else ''}, aggregation {s['aggregation']}")
+    if info["classes"]:
+        print(f"classes: {', '.join(info['classes'])}")
     print(f"store: {store['uri']}: {store['checkpoints']} checkpoints, {store['bytes'] / 1e6:.2f} MB")
     print("shards (checkpoints: + present, . missing):")
     for row in info["shards"]:
@@ -194,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"requests: {len(info['requests'])}")
     for row in info["requests"]:
         state = "pending" if row["state"] == "pending" else f"done, retrained {row['retrained']}"
-        print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) {state}"
+        print(f"  {row['request_id']} {row['time']} {row['num_ids']} id(s) ({row['ids']}) {state}"
               f"{' ' + row['reason'] if row['reason'] else ''}")
     accuracy = info["test_accuracy"]
     print(f"test accuracy: {accuracy}" if accuracy else f"test accuracy unavailable: {info['test_accuracy_unavailable']}")
@@ -203,11 +182,11 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise ValueError(f"--output {args.output}: folder {Path(args.output).resolve().parent} does not exist")
-    session = _session(args)
+    session = _session(args, trains=False)
     table = session.test if args.split == "test" else session.run.table
     note = ""
     if args.ids:
-        ids = np.asarray(parse_ids(args.ids), np.int64)
+        ids = ids_from_text(args.ids, table)
     elif args.split == "train":
         ids = session.run.retained_ids()
         excluded = len(table) - len(ids)
@@ -220,7 +199,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predicted = aggregate(logits, how)
     print(f"{args.split} accuracy ({how}): {(predicted == labels).double().mean().item():.4f} on {len(ids)} samples{note}")
     if args.output:
-        out = pa.table({"sample_id": ids, "label": labels.numpy(), "predicted": predicted.numpy()})
+        # The data set's own ids and class names, when it has them.
+        id_name = "sample_id" if table.keys is None else session.config.data.id_column
+        columns = {id_name: table.keys_of(ids), "label": labels.numpy(), "predicted": predicted.numpy()}
+        if table.class_names is not None:
+            names = pa.array(table.class_names, pa.string())
+            columns.update(label=names.take(columns["label"]), predicted=names.take(columns["predicted"]))
+        out = pa.table(columns)
         if args.output.endswith(".parquet"):
             pq.write_table(out, args.output)
         else:
@@ -248,8 +233,8 @@ def cmd_approx(args: argparse.Namespace) -> None:
                      if k.startswith("method.")}
     method = approx.create(args.method, **method_params)
     session = _session(args)
-    report = commands.approximate(session, make_tracker(session.config.tracking), method, request_ids(args),
-                                  args.target)
+    report = commands.approximate(session, make_tracker(session.config.tracking), method,
+                                  request_ids(args, session), args.target)
     if report.trained_single is not None:
         print(f"trained the single model on the run's retained data first ({report.trained_single[0]} samples x "
               f"epochs, {report.trained_single[1]:.1f} s); later runs reuse it until the next deletion")
@@ -269,30 +254,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def quick(config: RunConfig) -> RunConfig:
-    """`--quick`: the same bench, shrunk to run in CI: 2 seeds, at most 5 epochs, 2000 samples, 3 cost-curve requests."""
-    limit = min(config.data.train_limit or 2000, 2000)
+    """`--quick`: the same bench shrunk for CI: 8 models a side, at most 500 training samples (fewer
+    samples also make the originals memorise more), 2 cost-curve requests."""
+    limit = min(config.data.train_limit or 500, 500)
     return dataclasses.replace(
         config, data=dataclasses.replace(config.data, train_limit=limit),
-        sisa=dataclasses.replace(config.sisa, epochs=min(config.sisa.epochs, 5)),
-        bench=dataclasses.replace(config.bench, seeds=config.bench.seeds[:2] if len(config.bench.seeds) > 1 else (0, 1),
-                                  cost_requests=min(config.bench.cost_requests, 3)))
+        bench=dataclasses.replace(config.bench, models=min(config.bench.models, 8),
+                                  cost_requests=min(config.bench.cost_requests, 2)))
+
+
+class BenchProgress:
+    """One tqdm bar over every job of the bench; its total grows as the bench plans more."""
+
+    def __init__(self) -> None:
+        self.bar = tqdm(total=0, desc="bench", unit="model", dynamic_ncols=True, leave=False, disable=None)
+
+    def planned(self, count: int) -> None:
+        self.bar.total += count
+        self.bar.refresh()
+
+    def finished(self, label: str) -> None:
+        self.bar.set_postfix_str(label, refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     config = load_config(args.config, _settings(args) + _flags(args))
     if args.quick:
         config = quick(config)
-    bar = tqdm(desc="bench", unit="step", dynamic_ncols=True, leave=False, disable=None)
+    create_methods(config.bench)  # bad names or parameters fail before anything starts
+    progress = BenchProgress()
     try:
-        result = commands.bench(config, Path(args.out), make_tracker(config.tracking),
-                                lambda what: (bar.set_postfix_str(what), bar.update()), lambda n: bar.reset(total=n))
+        result = commands.bench(config, Path(args.out), progress=progress)
     finally:
-        bar.close()
-    b = config.bench
-    print(f"{config.data.name}, {config.model.name}, scenario {b.scenario}, {len(result.rows[0].forget_stat)} sample(s) "
-          f"forgotten, seeds {list(b.seeds)}; metrics in %, mean ± std over seeds, gaps measured to retraining")
-    print(markdown_table(result.summary))
-    print(f"tables and plots written to {args.out}: " + ", ".join(p.name for p in result.files))
+        progress.close()
+    print(result.header)
+    print(result.table, end="")
+    print(f"full tables (with 95% intervals), per-example arrays and plots in {args.out}: "
+          + ", ".join(p.name for p in result.files if p.parent == Path(args.out)))
+    print(f"trained and unlearned models are cached in {config.bench.cache_dir or Path(args.out) / 'models'} "
+          "(a rerun reuses them; delete the folder to free the space)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="TOML config file (see configs/)")
     train.set_defaults(func=cmd_train)
     forget = command("forget", "Exactly unlearn samples: retrain only the slices that saw them.")
-    forget.add_argument("--ids", help="comma-separated sample ids, e.g. 3,17,42")
-    forget.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    forget.add_argument("--ids", help="comma-separated ids of the data set, e.g. 3,17,42 or user-42,user-77")
+    forget.add_argument("--ids-file", help="text file with one id per line, or Parquet with a data.id_column "
+                                           "or sample_id column")
     forget.add_argument("--reason", default="", help="why the samples are deleted (kept in the ledger)")
     forget.add_argument("--resume", action="store_true", help="only finish an interrupted request")
     forget.set_defaults(func=cmd_forget)
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     predict = command("predict", "Predict with the ensemble on the test or train split.")
     predict.add_argument("--split", choices=("test", "train"), default="test")
-    predict.add_argument("--ids", help="only these sample ids of the split")
+    predict.add_argument("--ids", help="only these ids of the split (comma-separated)")
     predict.add_argument("--aggregation", choices=("vote", "mean"))
     predict.add_argument("--output", help="write sample_id, label, predicted as .csv or .parquet")
     predict.set_defaults(func=cmd_predict)
@@ -336,20 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
     methods.set_defaults(func=cmd_methods)
     approx_ = command("approx", "Approximately unlearn samples with a method (see `unlearn methods`).")
     approx_.add_argument("--method", required=True, help="method name, e.g. salun")
-    approx_.add_argument("--ids", help="comma-separated sample ids")
-    approx_.add_argument("--ids-file", help="text file with one id per line, or Parquet with a sample_id column")
+    approx_.add_argument("--ids", help="comma-separated ids of the data set")
+    approx_.add_argument("--ids-file", help="text file with one id per line, or Parquet with a data.id_column "
+                                            "or sample_id column")
     approx_.add_argument("--target", choices=("ensemble", "single"), default="ensemble",
                          help="the SISA ensemble's affected constituents, or a single model trained on all data")
     approx_.set_defaults(func=cmd_approx)
-    bench = sub.add_parser("bench", help="Compare retraining, SISA and approximate methods (see configs/).",
-                           description="Train, unlearn and score every method against retraining, over several "
-                                       "seeds; print the table and write tables and plots. With no arguments: a "
-                                       "quick run on the embedded digits data set.")
+    bench = sub.add_parser("bench", help="Score retraining, SISA and approximate methods against retrained models.",
+                           description="Train populations of original and retrained models, unlearn with every method, "
+                                       "and score each per example against the retrained ones (KLoM, U-LiRA, forget "
+                                       "quality) between a floor and a ceiling; print the table and write tables, "
+                                       "per-example arrays and plots. With no arguments: the embedded digits data set.")
     bench.add_argument("--config", help="TOML config file with a [bench] section (see configs/bench-*.toml)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set bench.scenario=class (repeatable)")
-    bench.add_argument("--out", default="runs/bench", help="where runs, tables and plots go (default runs/bench)")
+    bench.add_argument("--out", default="runs/bench",
+                       help="where tables, plots and the model cache go (default runs/bench)")
     bench.add_argument("--quick", action="store_true", help="shrink the bench to a CI-sized run")
+    bench.add_argument("--engine", choices=("ray", "local"),
+                       help="ray: one task of 1 CPU per model (default); local: one after another in this process")
+    bench.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     bench.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     bench.set_defaults(func=cmd_bench)

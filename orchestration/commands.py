@@ -11,9 +11,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,9 @@ import torch
 
 import approx
 from orchestration.approximate import ApproxReport, run_approx
-from orchestration.bench import OnStep, Row, SeedBench, bench_steps, cost_curve, create_methods, forget_requests
-from orchestration.bench_report import plot_gap_vs_time, plot_metrics, plot_sisa_cost, summarize, write_tables
+from orchestration.bench.fanout import Progress
+from orchestration.bench.run import BenchResult, run_bench
 from orchestration.config import RunConfig
-from orchestration.datasets import load_dataset
-from orchestration.models import build_model
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
@@ -131,7 +128,7 @@ def train(session: Session, tracker: Tracker, on_slice: OnSlice = None) -> tuple
 
 
 def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarray | None, reason: str = "",
-           on_slice: OnSlice = None, keys: list[str] | None = None) -> tuple[list[DeletionReport], dict[str, float]]:
+           on_slice: OnSlice = None) -> tuple[list[DeletionReport], dict[str, float]]:
     """Serve a deletion request (or, with no ids, finish interrupted ones); one model version per request.
 
     The whole command holds the run's lock, so the version it registers and the state it reports
@@ -149,7 +146,7 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarra
             if sample_ids is None:
                 reports = [report for report in [run.serve_pending(on_slice)] if report is not None]
             else:
-                reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice, keys=keys)]
+                reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice)]
             metrics, _ = _log_deletion(tracker, session, reports, began, {"command": "forget"})
     return reports, metrics
 
@@ -198,8 +195,8 @@ def request_summary(report: DeletionReport) -> dict[str, Any]:
             "samples_epochs": report.samples_epochs, "destroyed": kinds, "seconds": round(report.seconds, 3)}
 
 
-def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod, sample_ids: list[int],
-                target: str) -> ApproxReport:
+def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMethod,
+                sample_ids: list[int] | np.ndarray, target: str) -> ApproxReport:
     """Run an approximate method; a child run holds the method's params and before/after metrics."""
     session.run.validate(sample_ids)  # a refused request opens no MLflow run
     with _parent(tracker, session, "approx", {"request.num_ids": len(sample_ids)}):
@@ -215,73 +212,8 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
     return report
 
 
-@dataclass
-class BenchResult:
-    """What `unlearn bench` produced."""
-
-    rows: list[Row]
-    summary: list[dict[str, Any]]
-    curve: list[dict[str, float]]
-    files: list[Path]
-
-
-def bench(config: RunConfig, out: Path, tracker: Tracker, on_step: OnStep = None,
-          on_plan: Callable[[int], None] | None = None) -> BenchResult:
-    """Run the head-to-head bench of `config.bench`, write its tables and plots to `out` and log everything.
-
-    A parent run holds the config, the tables and plots; a child run per method, target and seed
-    holds that result's metrics. Shards are trained in-process whatever `ray.engine` says, so the
-    times of retraining, SISA and the approximate methods compare like for like. `on_plan` is
-    called once with the number of `on_step` calls to come, when the methods that fit the model
-    are known.
-    """
-    create_methods(config.bench)  # bad names or parameters fail before any data is loaded
-    config = dataclasses.replace(config, store="", ray=dataclasses.replace(config.ray, engine="local"))
-    data = load_dataset(config.data)
-    probe = build_model(config.model, data[0].sample_shape, max(data[0].num_classes, data[1].num_classes))
-    methods = create_methods(config.bench, probe)
-    if on_plan is not None:
-        on_plan(bench_steps(config.bench, methods))
-    requests = forget_requests(config.bench, data[0])
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.toml")
-    tags = {"command": "bench", "scenario": config.bench.scenario, "out": str(out.resolve())}
-    with tracker.run("bench", params={**config.flat(), "bench.forget_count": sum(map(len, requests))}, tags=tags):
-        rows: list[Row] = []
-        first: Session | None = None
-        for seed in config.bench.seeds:
-            seed_bench = SeedBench(config, seed, data, requests, out, on_step)
-            first = first or seed_bench.session
-            for row in seed_bench.run(methods, config.bench.targets):
-                _log_row(tracker, row, methods)
-                rows.append(row)
-        curve = []
-        if config.bench.cost_requests and first is not None:
-            curve = cost_curve(first, requests, config.bench.cost_requests, config.bench.forget_seed, out)
-        summary = summarize(rows)
-        retrain_s = float(np.mean([r.metrics["seconds"] for r in rows if r.method == "retrain"])) / len(requests)
-        files = write_tables(summary, rows, out) + [plot_gap_vs_time(summary, out / "gap_vs_time.png"),
-                                                    plot_metrics(summary, out / "metrics.png")]
-        if curve:
-            files.append(plot_sisa_cost(curve, retrain_s, out / "sisa_cost.png"))
-            tracker.log_dict(curve, "sisa_cost_curve.json")
-        for path in files + [out / "config.toml"]:
-            tracker.log_artifact(path)
-        tracker.log_metrics({f"{e['method']}.{e['target']}/{k}": e[k] for e in summary for k in ("gap", "FQ", "seconds")
-                             if not np.isnan(e[k])})
-    return BenchResult(rows, summary, curve, files)
-
-
-def _log_row(tracker: Tracker, row: Row, methods: list[approx.UnlearningMethod]) -> None:
-    method = next((m for m in methods if m.name == row.method), None)
-    params: dict[str, Any] = {"method": row.method, "target": row.target, "seed": row.seed, "kind": row.kind}
-    if method is not None:
-        params.update({f"method.{f.name}": getattr(method, f.name) for f in dataclasses.fields(method)})
-    with tracker.run(f"{row.method}-{row.target}-seed{row.seed}", params=params,
-                     tags={"method": row.method, "target": row.target, "seed": str(row.seed)}):
-        tracker.log_metrics({_METRIC_NAMES.get(k, k): v for k, v in row.metrics.items() if not np.isnan(v)})
-
-
-_METRIC_NAMES = {"UA": "forget/UA", "RA": "retain/acc", "TA": "test/acc", "MIA": "mia/efficacy", "gap": "gap/avg",
-                 "KL": "forget/kl_to_retrain", "JS": "forget/js_to_retrain", "seconds": "time/unlearn_s",
-                 "samples_epochs": "cost/samples_epochs", "peak_mb": "cost/peak_mb", "store_mb": "store/mb"}
+def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None) -> BenchResult:
+    """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
+    process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
+    with a child per method (`config.tracking`'s tracker unless one is given)."""
+    return run_bench(config, out, tracker, progress=progress)

@@ -21,15 +21,29 @@ class DataConfig:
     """Which data set to train on and where to find it."""
 
     name: str = "digits"
-    """Data set: digits (embedded), mnist, fashion-mnist, cifar10 (from files in root) or synthetic."""
+    """digits, synthetic (embedded), mnist, fashion-mnist, cifar10 (files in root), or parquet, csv, imagefolder (path)."""
     root: str = ""
     """Directory holding the data set's files (mnist, fashion-mnist, cifar10)."""
+    path: str = ""
+    """The training data of parquet, csv and imagefolder: a file, a directory of files, or a pyarrow.fs URI."""
+    test_path: str = ""
+    """The test data in the same layout as path; empty: a seeded test_fraction of the ids is held out."""
+    id_column: str = "sample_id"
+    """Column of the sample ids: integers (>= 0, used as they are) or strings (user ids, record keys)."""
+    label_column: str = "label"
+    """Column of the labels: integers (classes 0, 1, ...) or strings (class names, sorted into classes)."""
+    feature_columns: tuple[str, ...] = ()
+    """Feature columns; empty means every column but the id and the label."""
+    shape: tuple[int, ...] = ()
+    """Shape of one sample's features, e.g. 1,28,28 for a flat column of pixels; empty keeps them flat."""
     cache_dir: str = ""
     """Where decoded data is cached as Parquet; empty means ~/.cache/unlearn."""
     train_limit: int = 0
-    """Use only the training samples with the smallest sample_ids, this many (0 = all)."""
+    """Train on a stratified subset of this many samples, drawn with subset_seed (0 = all)."""
+    subset_seed: int = 0
+    """Seed of the train_limit subset and the hold-out of file data sets: part of the data set, not of the model."""
     test_fraction: float = 0.2
-    """Share held out as the test split for data sets without one (digits, synthetic)."""
+    """Share held out as the test split when there is none (digits, synthetic, files without test_path)."""
     synthetic_samples: int = 1000
     """Samples in the synthetic data set."""
     synthetic_features: int = 16
@@ -40,6 +54,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.train_limit < 0:
             raise ValueError(f"data.train_limit must be >= 0 (0 = all samples), got {self.train_limit!r}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"data.shape must hold positive sizes, e.g. 1,28,28; got {list(self.shape)}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,7 @@ class ModelConfig:
     """Architecture of each constituent model."""
 
     name: str = "mlp"
-    """Architecture: mlp, cnn, resnet18 (CIFAR variant) or resnet20."""
+    """mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory' (imported and run: trusted input)."""
     hidden: int = 128
     """Hidden units of the MLP."""
     channels: int = 32
@@ -153,52 +171,71 @@ class ServeConfig:
             raise ValueError("serve.swap_timeout_s and serve.retry_after_s must be > 0")
 
 
-SCENARIOS = ("random", "class", "stream")
+SCENARIOS = ("random", "class", "stream", "hard")
 TARGETS = ("single", "ensemble")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What `unlearn bench` compares: which samples are forgotten, by which methods, over which seeds."""
+    """What `unlearn bench` compares: which samples are forgotten, by which methods, with how many models."""
 
     scenario: str = "random"
-    """'random' (forget_fraction of the training samples), 'class' (every sample of forget_class) or
-    'stream' (stream_requests single-sample requests, served one after another)."""
+    """'random' (forget_fraction of the training samples), 'class' (every sample of forget_class),
+    'stream' (stream_requests single-sample requests, served one after another) or 'hard' (the
+    hard_fraction most memorised samples of the random forget set)."""
     forget_fraction: float = 0.1
-    """Share of the training samples forgotten in the 'random' scenario."""
+    """Share of the training samples forgotten in the 'random' scenario (the pool of 'hard')."""
     forget_class: int = 0
     """Label whose samples are forgotten in the 'class' scenario."""
     stream_requests: int = 5
     """Requests in the 'stream' scenario."""
+    hard_fraction: float = 0.1
+    """Share of the random forget set kept in the 'hard' scenario: its most memorised samples."""
     forget_seed: int = 0
-    """Seed of the forget-set draw, the same for every model seed so forget quality compares the same samples."""
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    """Model seeds; every metric is reported as mean and std over them, and forget quality uses one model per seed."""
+    """Seed of the forget-set draw and of the validation split; never a model seed."""
+    test_samples: int = 2000
+    """Test-split samples every model is scored on (a seeded stratified subset; 0 = all): scoring every
+    model on 10,000 test images would cost more than some of the unlearning it measures."""
+    validation_fraction: float = 0.2
+    """Share of those test samples (stratified) held out for tuning; the bench reports on the rest."""
+    models: int = 16
+    """Models a side: N originals, N oracles and N unlearning runs per method (scores compare N/2 a side).
+    U-LiRA needs 8, forget quality 6."""
     methods: tuple[str, ...] = ()
     """Approximate methods to run (see `unlearn methods`); empty means all."""
-    targets: tuple[str, ...] = TARGETS
-    """Run approximate methods on the 'single' model, the SISA 'ensemble' (affected constituents), or both."""
+    targets: tuple[str, ...] = ("single",)
+    """Where the approximate methods run: on 'single' models, and/or on the affected constituents of SISA
+    'ensemble's (each target gets its own originals, oracles, floor and ceiling)."""
+    sisa: bool = True
+    """Build SISA ensembles (originals, oracles) and score SISA's exact deletions against them."""
     cost_requests: int = 8
-    """Single-sample requests a copy of the first seed's ensemble serves for the cost-vs-requests curve (0 skips it)."""
+    """Single-sample requests a copy of the first original ensemble serves for the cost curve (0 skips it)."""
+    cache_dir: str = ""
+    """Where trained and unlearned models are cached; empty means <out>/models."""
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Method hyperparameters replacing the defaults, e.g. [bench.params.gradient_ascent] lr = 1e-3."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"bench.scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
-        if not 0 < self.forget_fraction < 1:
-            raise ValueError(f"bench.forget_fraction must be between 0 and 1 (exclusive), got {self.forget_fraction}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"bench.seeds must be distinct and at least one, got {list(self.seeds)}")
+        for name in ("forget_fraction", "hard_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"bench.{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"bench.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.models < 2:
+            raise ValueError(f"bench.models must be at least 2 (scores compare halves), got {self.models}")
         bad = [t for t in self.targets if t not in TARGETS]
         if bad or not self.targets:
             raise ValueError(f"bench.targets must be a non-empty subset of {list(TARGETS)}, got {list(self.targets)}")
+        if self.test_samples < 0:
+            raise ValueError(f"bench.test_samples must be >= 0 (0 = the whole test split), got {self.test_samples}")
         if self.stream_requests < 1 or self.cost_requests < 0:
             raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
 
 
-NON_TRAINING = ("store", "data.root", "data.cache_dir", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.",
-                "bench.", "serve.")
+NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "sisa.aggregation",
+                "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "serve.")
 """Settings that never change trained weights: a run may change them between commands."""
 
 

@@ -1,4 +1,5 @@
-"""Constituent architectures, chosen by name: MLP, small CNN, CIFAR ResNet-18 and ResNet-20.
+"""Constituent architectures, chosen by name: MLP, small CNN, CIFAR ResNet-18 and ResNet-20, or a
+user's own model by import path ('package.module:factory').
 
 The ResNets follow the CIFAR convention of the unlearning literature: a 3x3 stem with stride 1
 and no max-pool (ResNet-18 as in Unlearn-Sparse/SalUn; ResNet-20 as in He et al. 2016, sec. 4.2).
@@ -6,6 +7,7 @@ and no max-pool (ResNet-18 as in Unlearn-Sparse/SalUn; ResNet-20 as in He et al.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -84,8 +86,47 @@ class ResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+def import_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable named 'package.module:attribute' (dots in the attribute reach nested objects).
+
+    This imports and so runs the module's code: the name is a trusted input, like a config file.
+
+    Raises:
+        ValueError: the name is malformed, the module does not import, or the attribute is missing or not callable.
+    """
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"model.name {name!r} must be a built-in ({', '.join(MODELS)}) or 'package.module:factory'")
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as err:  # any error while importing user code becomes one clear line
+        raise ValueError(f"model.name {name!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); it must "
+                         "be importable (installed, or on PYTHONPATH) wherever shards train") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"model.name {name!r}: {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"model.name {name!r}: {attribute!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def _from_factory(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    factory = import_factory(name)
+    try:
+        model = factory(tuple(input_shape), num_classes)
+    except Exception as err:  # the factory is user code: say which call failed, in one line
+        raise ValueError(f"model.name {name!r}: calling it with (input_shape={tuple(input_shape)}, "
+                         f"num_classes={num_classes}) failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.name {name!r} returned a {type(model).__name__}; it must return a torch.nn.Module")
+    return model
+
+
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A freshly initialised model of the configured architecture."""
+    """A freshly initialised model of the configured architecture (built-in, or 'package.module:factory')."""
+    if ":" in config.name:
+        return _from_factory(config.name, input_shape, num_classes)
     if config.name != "mlp" and len(input_shape) != 3:
         raise ValueError(f"model {config.name!r} needs image inputs (C, H, W); got shape {input_shape}: use model.name=mlp")
     builders: dict[str, Callable[[], nn.Module]] = {
@@ -95,5 +136,5 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
         "resnet20": lambda: ResNet(input_shape[0], num_classes, (16, 32, 64), (3, 3, 3)),
     }
     if config.name not in builders:
-        raise ValueError(f"unknown model {config.name!r}; valid: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {config.name!r}; valid: {', '.join(MODELS)}, or 'package.module:factory'")
     return builders[config.name]()

@@ -2,33 +2,40 @@
 
 The SisaRun gets the purgers of everything the application derives from the training data
 outside the checkpoint store (derived models in the run dir, cached test-set outputs, published
-MLflow model versions), so every deletion destroys them too, whichever command serves it.
+MLflow model versions, the rows of the project's decoded cache the command read the data from),
+so every deletion destroys them too, whichever command serves it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from orchestration.actors import FaultSpec
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
+from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
 from orchestration.derived import destroy_derived_models
+from orchestration.memory import check_fits
 from orchestration.models import build_model
 from orchestration.outputs_cache import destroy_stale_outputs
 from orchestration.registry import destroy_published_versions
 from orchestration.timings import phase
 from sisa import SampleTable, SisaRun
 from sisa.ensemble import resolve_store
-from sisa.errors import ConfigMismatchError
+from sisa.errors import ConfigMismatchError, RunBindingError
+from sisa.ledger import Request
 
 CONFIG_FILE = "config.toml"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,17 +79,20 @@ def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str],
 
 def open_session(run_dir: str | Path, config_path: str | None = None, overrides: list[str] | None = None,
                  create: bool = False, lock_timeout: float | None = None, fault: FaultSpec | None = None,
-                 flags: list[str] | None = None, secret: bytes | None = None) -> Session:
-    """Open (or, with `create`, make) the run in `run_dir`; see resolve_config for the arguments."""
+                 flags: list[str] | None = None, secret: bytes | None = None, trains: bool = True) -> Session:
+    """Open (or, with `create`, make) the run in `run_dir`; see resolve_config and open_run for the arguments."""
     run_dir = Path(run_dir)
     config, kept = resolve_config(run_dir, config_path, overrides or [], create, flags)
-    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, kept=kept, secret=secret)
+    return open_run(run_dir, config, lock_timeout=lock_timeout, fault=fault, kept=kept, secret=secret, trains=trains)
 
 
 def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, SampleTable] | None = None,
              lock_timeout: float | None = None, fault: FaultSpec | None = None, kept: RunConfig | None = None,
-             secret: bytes | None = None) -> Session:
+             secret: bytes | None = None, trains: bool = True) -> Session:
     """Open the run in `run_dir` with an already resolved config.
+
+    Bad data, a model that does not build, a recipe that does not fit the data, or (when the command
+    `trains`) shards too large for memory are refused here, before anything is written.
 
     Args:
         run_dir: the run directory.
@@ -93,28 +103,61 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         kept: the config saved with a new run (default `config`).
         secret: for a new run only, the secret of another run to reproduce its shard
             assignment (an exactness audit, disaster recovery); default a fresh one.
+        trains: whether the command trains (False: status, predict, audit skip the memory check).
     """
     run_dir = Path(run_dir)
     _check_device(config)
     if data is None:
         with phase("data load"):
             data = load_dataset(config.data)
+        # Only data this command read from the project's cache ties the run to that cache file.
+        cache_file = train_cache_file(config.data)
+    else:
+        cache_file = None
     train, test = data
-    num_classes = max(train.num_classes, test.num_classes)
-    factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
-    factory()  # fail on a bad model/data combination before anything is written
-    store_uri = resolve_store(run_dir, config.store or None)
-    executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     purgers = [_timed(destroy_derived_models, "purge"), _timed(destroy_stale_outputs, "purge"),
                _timed(destroy_published_versions, "mlflow")]
+    if cache_file is not None:
+        purgers.append(_timed(functools.partial(purge_cached_rows, cache_file), "purge"))
+    try:
+        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    except RunBindingError:
+        if cache_file is None or not purged_rows(cache_file):
+            raise
+        # The cached copy lacks rows another run's deletions purged, rows this run still holds.
+        log.info("the cached copy of %s lacks rows deleted by another run; reading the source files instead",
+                 config.data.name)
+        with bypassed(), phase("data load"):
+            train, test = load_dataset(config.data)
+        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    if not (run_dir / CONFIG_FILE).exists():
+        (kept or config).save(run_dir / CONFIG_FILE)
+    return Session(config, run, test, num_classes)
+
+
+def _sisa_run(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleTable, lock_timeout: float | None,
+              fault: FaultSpec | None, secret: bytes | None, trains: bool, purgers: list) -> tuple[SisaRun, int]:
+    num_classes = max(train.num_classes, test.num_classes)
+    factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
+    factory()
+    config.sisa.check_sample_shape(train.sample_shape)
+    if trains:
+        check_fits(train, config)
+    store_uri = resolve_store(run_dir, config.store or None)
+    executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
     run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),
                   store_uri=config.store or None, executor=executor, lock_timeout=lock_timeout, secret=secret,
                   purgers=purgers)
     if executor is None:
         run.executor = _timed(run.executor, "retraining")
-    if not (run_dir / CONFIG_FILE).exists():
-        (kept or config).save(run_dir / CONFIG_FILE)
-    return Session(config, run, test, num_classes)
+    return run, num_classes
+
+
+def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+    """Purger: remove the requests' rows from the project's decoded copy of the data set."""
+    ids = np.unique(np.concatenate([r.sample_ids for r in requests]))
+    record = purge_rows(cache_file, ids) if cache_file.exists() else None
+    return [record] if record else []
 
 
 def _timed(work: Callable[..., Any], name: str) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestration.outputs_cache import ensemble_logits
+from orchestration.requests import describe_request
 from orchestration.runs import Session
 from sisa import SisaError, aggregate
 from sisa.config import AGGREGATIONS
@@ -34,7 +35,8 @@ def describe(session: Session, accuracy: bool = True) -> dict[str, Any]:
         stored = [(shard, r, k) in present for r, k in enumerate(keys)]
         shards.append({"shard": shard, "samples": size, "checkpoints": stored})
     requests = [
-        {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids), "reason": r.reason,
+        {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids),
+         "ids": describe_request(r), "reason": r.reason,
          "state": "pending" if r.done is None else "done",
          "retrained": None if r.done is None else {int(k): v for k, v in r.done["retrained"].items()},
          "samples_epochs": None if r.done is None else r.done["samples_epochs"],
@@ -48,7 +50,9 @@ def describe(session: Session, accuracy: bool = True) -> dict[str, Any]:
         "model": config.model.name,
         "seed": config.seed,
         "sisa": {"num_shards": s.num_shards, "num_slices": s.num_slices, "epochs": s.epochs,
-                 "slice_epochs": s.slice_epochs, "aggregation": s.aggregation},
+                 "slice_epochs": s.slice_epochs, "optimizer": s.optimizer, "lr": s.lr, "lr_schedule": s.lr_schedule,
+                 "augment": s.augment, "aggregation": s.aggregation},
+        "classes": run.table.class_names,
         "store": {"uri": run.store.uri, "checkpoints": len(present), "bytes": run.store.nbytes()},
         "shards": shards,
         "requests": requests,

@@ -291,7 +291,7 @@ class SisaRun:
         """
         return validate_request(sample_ids, self.table.ids, self.ledger.requests())
 
-    def submit(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", keys: list[str] | None = None) -> str:
+    def submit(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "") -> str:
         """Validate a request and record it in the ledger, pending, without serving it; returns its id.
 
         From then on its ids are excluded from all training, and no model that saw them is served
@@ -300,9 +300,8 @@ class SisaRun:
 
         Args:
             sample_ids: the ids to delete.
-            reason: why (kept in the ledger).
-            keys: the data set's own ids of the samples, when those are not the sample_ids
-                (kept in the ledger for the audit trail).
+            reason: why (kept in the ledger, with the data set's own ids of the samples when the
+                table has them).
 
         Raises:
             InvalidRequestError: the request is invalid; nothing was recorded.
@@ -310,6 +309,7 @@ class SisaRun:
         with self.ledger.locked():
             ids = self.validate(sample_ids)
             remaining = self.table.without(np.union1d(self.ledger.deleted_ids(), ids)).digest()
+            keys = None if self.table.keys is None else self.table.keys_of(ids).to_pylist()
             request_id = self.ledger.record_request(ids, reason, remaining, keys)
             self._anchor()
         return request_id
@@ -341,8 +341,7 @@ class SisaRun:
             self._serve(report, pending, on_slice)
             return report
 
-    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", on_slice: OnSlice = None,
-               keys: list[str] | None = None) -> DeletionReport:
+    def forget(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "", on_slice: OnSlice = None) -> DeletionReport:
         """Exactly unlearn `sample_ids`: record, retrain what saw them, destroy what saw them.
 
         Requests left pending earlier are served first, on their own. See `submit` for the arguments.
@@ -352,7 +351,7 @@ class SisaRun:
         """
         with self.locked():
             self.serve_pending(on_slice)
-            self.submit(sample_ids, reason, keys)
+            self.submit(sample_ids, reason)
             report = self.serve_pending(on_slice)
             assert report is not None  # the request just submitted is pending
             return report

@@ -2,9 +2,10 @@
 
 Slice r of a shard starts from the checkpoint after slice r-1 and trains on the union of slices
 0..r. Training is a pure function of (config, seed, ids of each slice): the model is initialised
-from a generator of (seed, shard), each epoch's order and dropout from (seed, shard, slice, epoch),
-and ids are sorted before the permutation. Retraining after a deletion is therefore
-bit-identical (on CPU) to training from scratch without the deleted ids.
+from a generator of (seed, shard), each epoch's order, augmentation and dropout from (seed, shard,
+slice, epoch), its learning rate from (slice, epoch) (see SisaConfig.lr_at), and ids are sorted
+before the permutation. Retraining after a deletion is therefore bit-identical (on CPU) to
+training from scratch without the deleted ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sisa.augment import crop_flip, draw_views
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
 from sisa.errors import CheckpointCorruptError, CheckpointMissingError
@@ -118,7 +120,12 @@ class ShardTrainer:
     ) -> None:
         """Args: the training data, a factory of fresh models, the recipe, the checkpoint store,
         the run's fingerprint (part of every checkpoint key), the seed, and an optional hook run
-        before every batch (progress reporting, fault injection in tests)."""
+        before every batch (progress reporting, fault injection in tests).
+
+        Raises:
+            ValueError: the recipe cannot train on the table's samples (augmentation of non-images).
+        """
+        config.check_sample_shape(table.sample_shape)
         self.table = table
         self.model_factory = model_factory
         self.config = config
@@ -134,6 +141,8 @@ class ShardTrainer:
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.momentum, c.beta2), weight_decay=c.weight_decay)
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _resume_point(self, job: ShardJob, keys: list[str]) -> tuple[int, dict | None]:
@@ -193,16 +202,23 @@ class ShardTrainer:
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         loss_sum, correct = float("nan"), 0
+        c = self.config
         model.train()
         for epoch in range(epochs):
+            for group in optimizer.param_groups:  # set, not stepped: resuming needs no scheduler state
+                group["lr"] = c.lr_at(slice_, epoch)
             order = torch.randperm(len(ids), generator=generator(self.seed, shard, slice_, epoch))
+            views = draw_views(len(ids), c.augment_padding, self.seed, shard, slice_, epoch) if c.augment else None
             loss_sum, correct = 0.0, 0
             with seeded(self.seed, "dropout", shard, slice_, epoch):
-                for number, batch in enumerate(_batches(order, self.config.batch_size)):
+                for number, batch in enumerate(_batches(order, c.batch_size)):
                     if self.on_batch is not None:
                         self.on_batch(shard, slice_, epoch, number)
-                    logits = model(x[batch])  # (batch, classes)
-                    loss = nn.functional.cross_entropy(logits, y[batch])
+                    inputs = x[batch]
+                    if views is not None:
+                        inputs = crop_flip(inputs, views.offsets[batch], views.flips[batch], c.augment_padding)
+                    logits = model(inputs)  # (batch, classes)
+                    loss = nn.functional.cross_entropy(logits, y[batch], label_smoothing=c.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -54,6 +54,9 @@ def tiny_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
 
 
+LOCAL = ["ray.engine=local", "tracking.enabled=false"]
+"""open_session flags for tests that train in-process without MLflow (flags are per command, never saved)."""
+
 SMALL = SisaConfig(num_shards=3, num_slices=3, epochs=3, batch_size=16, lr=0.05)
 
 

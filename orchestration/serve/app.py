@@ -1,6 +1,6 @@
 """The service's HTTP door: the Gateway deployment (FastAPI on Ray Serve).
 
-    POST /predict               inputs -> labels and probabilities, from one whole ensemble version (open)
+    POST /predict               inputs -> labels (and class names) and probabilities, from one whole version (open)
     POST /forget                {"ids": [...], "reason": "..."} -> 202 {"request_id"} once it is in the ledger
     GET  /requests/{request_id} the request's state (pending | running | done | failed), cost and version
     GET  /status                what `unlearn status` shows, and the service's state
@@ -44,12 +44,13 @@ class Gateway:
     """Answers HTTP requests; made a Serve deployment (`serve.replicas` replicas) by launch.py."""
 
     def __init__(self, config: RunConfig, sample_shape: tuple[int, ...], num_classes: int, token_sha256: str,
-                 board: Any, worker: Any) -> None:
+                 board: Any, worker: Any, class_names: list[str] | None = None) -> None:
         """Args: the resolved config, the model input shape and class count, the sha256 of the bearer
-        token (the token itself never leaves the process that read it), the version board and a
-        handle to the deletion worker."""
+        token (the token itself never leaves the process that read it), the version board, a
+        handle to the deletion worker and the data set's class names (None when it has none)."""
         torch.set_num_threads(max(1, round(config.serve.replica_cpus)))
         self.config, self.sample_shape, self.num_classes = config, tuple(sample_shape), num_classes
+        self.class_names = class_names
         self.token_sha256, self.worker = bytes.fromhex(token_sha256), worker
         replica = serve.get_replica_context().replica_id.unique_id
         self.follower = Follower(board, self._build, replica)
@@ -60,7 +61,7 @@ class Gateway:
             model = build_model(self.config.model, self.sample_shape, self.num_classes)
             model.load_state_dict(state)
             models.append(model.eval())
-        return ServedEnsemble(info, models, self.sample_shape, self.config.sisa.aggregation)
+        return ServedEnsemble(info, models, self.sample_shape, self.config.sisa.aggregation, self.class_names)
 
     def _denied(self, request: Request) -> JSONResponse | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

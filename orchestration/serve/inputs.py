@@ -3,8 +3,8 @@
 Prediction inputs come as JSON (`{"inputs": [[...], ...]}`), as NumPy `.npy` bytes
 (`Content-Type: application/x-npy`) or as an Arrow IPC stream (`application/vnd.apache.arrow.stream`)
 with one column of lists; each row is one sample, flattened. Deletion requests are JSON
-`{"ids": [...], "reason": "..."}`; the ids themselves are checked against the run (unknown,
-duplicate, already deleted, ...) by the run's own validation.
+`{"ids": [...], "reason": "..."}` in the data set's own ids (integers, or its string ids); the ids
+themselves are checked against the run (unknown, duplicate, already deleted, ...) by the worker.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def deploy(run_dir: Path, config: RunConfig, token: str) -> Service:
         name="Gateway", num_replicas=settings.replicas, max_ongoing_requests=32,
         ray_actor_options={"num_cpus": settings.replica_cpus}, max_constructor_retry_count=2,
     ).bind(config, session.run.table.sample_shape, session.num_classes, hashlib.sha256(token.encode()).hexdigest(),
-           board, worker)
+           board, worker, session.run.table.class_names)
     run_id = session.run.run_id
     del session  # the worker opens the run itself
     app = f"unlearn-{run_id[:8]}"

@@ -139,8 +139,11 @@ async def _alive(handle: Any) -> bool:
 class ServedEnsemble:
     """One version's constituents, ready to predict."""
 
-    def __init__(self, info: dict[str, Any], models: list[nn.Module], sample_shape: tuple[int, ...], how: str) -> None:
+    def __init__(self, info: dict[str, Any], models: list[nn.Module], sample_shape: tuple[int, ...], how: str,
+                 class_names: list[str] | None = None) -> None:
+        """`class_names`: the data set's names of the labels, when it has them (answered beside the labels)."""
         self.info, self.models, self.sample_shape, self.how = info, models, sample_shape, how
+        self.class_names = class_names
 
     @property
     def number(self) -> int:
@@ -156,8 +159,11 @@ class ServedEnsemble:
         logits = torch.stack([torch.cat([model(b) for b in inputs.split(_BATCH)])
                               for model in self.models])  # (models, samples, classes)
         probabilities = logits.softmax(-1).mean(0)
-        return {"version": self.number, "labels": aggregate(logits, self.how).tolist(),
-                "probabilities": probabilities.tolist()}
+        labels = aggregate(logits, self.how).tolist()
+        answer = {"version": self.number, "labels": labels, "probabilities": probabilities.tolist()}
+        if self.class_names is not None:
+            answer["classes"] = [self.class_names[label] for label in labels]
+        return answer
 
 
 class NoVersionError(RuntimeError):

@@ -28,6 +28,7 @@ import torch
 from orchestration import commands
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig
+from orchestration.requests import describe_request, ids_from_list
 from orchestration.runs import open_run
 from orchestration.serve import policy
 from orchestration.status import accuracies, describe
@@ -199,7 +200,8 @@ class DeletionWorker:
         """Record a deletion request (pending) and wake the deletion thread; {"error": ...} when invalid."""
         arrived = time.monotonic()
         try:
-            request_id = self.run.submit(ids, reason)
+            sample_ids = ids_from_list(ids, self.run.table, self.run.ledger.requests())
+            request_id = self.run.submit(sample_ids, reason)
         except InvalidRequestError as err:
             return {"error": str(err)}
         with self._state:
@@ -232,7 +234,7 @@ class DeletionWorker:
         kinds: dict[str, int] = {}
         for item in r.destroyed:
             kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
-        answer = {"request_id": request_id, "state": state, "num_ids": int(len(r.sample_ids)),
+        answer = {"request_id": request_id, "state": state, "num_ids": int(len(r.sample_ids)), "ids": describe_request(r),
                   "ids_sha256": ids_digest_hex(r.sample_ids), "reason": r.reason, "recorded": r.time,
                   "finished": done.get("time") if state == "done" else None,
                   "batch": batch if r.done is not None else None,

@@ -11,6 +11,7 @@ from approx.registry import method_class, parameter_docs, parameters
 from orchestration.approximate import run_approx
 from orchestration.cli import main
 from orchestration.runs import open_session
+from tests.conftest import LOCAL
 from tests.orchestration.test_cli import FAST, run_cli
 
 
@@ -18,7 +19,7 @@ from tests.orchestration.test_cli import FAST, run_cli
 def digits_session(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("approx") / "run"
     assert main(["train", "--run-dir", str(run_dir), *FAST]) == 0
-    return open_session(run_dir)
+    return open_session(run_dir, flags=LOCAL)
 
 
 def test_methods_lists_every_method_and_its_parameters(capsys):
@@ -78,7 +79,7 @@ def test_derived_models_are_trained_on_retained_data_and_destroyed_by_the_next_d
 
     run_dir = tmp_path / "run"
     assert main(["train", "--run-dir", str(run_dir), *FAST]) == 0
-    session = open_session(run_dir)
+    session = open_session(run_dir, flags=LOCAL)
     session.run.forget([0, 1])
     report = run_approx(session, approx.create("finetune", epochs=1), [2], target="single")
     single_ids = np.asarray(__import__("json").loads(

@@ -64,8 +64,8 @@ def test_outputs_of_purged_checkpoints_are_destroyed_recorded_and_audited(sessio
 
     shutil.copy(keep, old[1][1])  # an entry computed by a model that saw the deleted sample comes back
     report = certificate(session)
-    assert not report["clean"] and "cache" in report["checked"]
-    assert any(f.startswith("cache: ") and old[1][1].name in f for f in report["findings"])
+    assert not report["clean"] and "outputs cache" in report["checked"]
+    assert any(f.startswith("outputs cache: ") and old[1][1].name in f for f in report["findings"])
 
 
 def test_an_entry_for_another_test_set_or_checkpoint_is_computed_again(session):

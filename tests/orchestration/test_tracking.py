@@ -18,6 +18,7 @@ from orchestration.cli import main
 from orchestration.registry import DESTROYED_TAG, published
 from orchestration.runs import open_session
 from orchestration.tracking import MemoryTracker
+from tests.conftest import LOCAL
 
 mlflow = pytest.importorskip("mlflow")
 SETTINGS = ["--engine", "local", "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=2", "--set", "sisa.epochs=4"]
@@ -148,7 +149,7 @@ def test_two_runs_in_folders_of_the_same_name_get_their_own_models(tmp_path):
 def test_memory_tracker_records_parent_child_runs_and_artifacts(tmp_path):
     assert main(["train", "--run-dir", str(tmp_path / "run"), "--engine", "local", "--no-track",
                  "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=2", "--set", "sisa.epochs=2"]) == 0
-    session = open_session(tmp_path / "run")
+    session = open_session(tmp_path / "run", flags=LOCAL)
     tracker = MemoryTracker()
     reports, _ = commands.forget(session, tracker, [7])
     names = [(r.name, r.parent) for r in tracker.runs]
@@ -185,7 +186,7 @@ def test_a_live_version_that_predates_a_deletion_is_an_audit_finding(tracked_run
     uri, run_dir, client = tracked_run
     latest = published(Path(run_dir))[-1]
     # Simulate a deletion served by a version of this software that did not destroy versions.
-    session = open_session(run_dir)
+    session = open_session(run_dir, flags=LOCAL)
     session.run.purgers = []
     session.run.forget([7])
     code = main(["audit", "--run-dir", run_dir, "--json", str(Path(run_dir).parent / "cert.json")])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sisa import SisaConfig
+from sisa.augment import crop_flip, draw_views
 from tests.conftest import assert_bit_identical, open_run
 
 
@@ -32,3 +34,55 @@ def test_config_rejects_invalid_values_with_the_valid_range():
         SisaConfig(num_shards=0)
     with pytest.raises(ValueError, match="aggregation must be one of"):
         SisaConfig(aggregation="max")
+
+
+def test_cosine_schedule_runs_over_the_epochs_of_all_slices_in_a_row():
+    """lr 0.1, lr_min 0, R=2 slices of 2 epochs (epochs=3: round(6/3) = 2), so T = 4 global epochs:
+    g = 0, 1, 2, 3 -> 0.05 * (1 + cos(pi * g / 4)) = 0.1, 0.085355, 0.05, 0.014645."""
+    config = SisaConfig(num_slices=2, epochs=3, lr=0.1, lr_schedule="cosine")
+    rates = [config.lr_at(r, e) for r in range(2) for e in range(2)]
+    assert rates == pytest.approx([0.1, 0.0853553, 0.05, 0.0146447], abs=1e-7)
+
+
+def test_step_schedule_decays_every_lr_step_epochs_global_epochs():
+    """lr 0.1, gamma 0.5, every 3 global epochs; R=2 slices of 2 epochs: g = 0, 1, 2 -> 0.1, g = 3 -> 0.05."""
+    config = SisaConfig(num_slices=2, epochs=3, lr=0.1, lr_schedule="step", lr_step_epochs=3, lr_gamma=0.5)
+    assert [config.lr_at(r, e) for r in range(2) for e in range(2)] == pytest.approx([0.1, 0.1, 0.1, 0.05])
+    assert SisaConfig(lr=0.1).lr_at(3, 1) == 0.1
+
+
+def test_crop_flip_gathers_the_padded_window_and_mirrors_it():
+    """Image [[1, 2], [3, 4]] zero-padded by 1 is 4x4 with it in the middle. Offset (0, 0): the top-left 2x2
+    window [[0, 0], [0, 1]]. Offset (1, 1): the image. Offset (2, 2) flipped: window [[4, 0], [0, 0]] mirrored
+    to [[0, 4], [0, 0]]."""
+    image = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2).repeat(3, 1, 1, 1)
+    out = crop_flip(image, torch.tensor([[0, 0], [1, 1], [2, 2]]), torch.tensor([False, False, True]), padding=1)
+    assert out[:, 0].tolist() == [[[0, 0], [0, 1]], [[1, 2], [3, 4]], [[0, 4], [0, 0]]]
+
+
+def test_augmentation_draws_depend_only_on_seed_shard_slice_and_epoch():
+    a, b = draw_views(50, 4, 7, 1, 2, 3), draw_views(50, 4, 7, 1, 2, 3)
+    assert torch.equal(a.offsets, b.offsets) and torch.equal(a.flips, b.flips)
+    assert a.offsets.min() >= 0 and a.offsets.max() <= 8
+    assert not torch.equal(a.offsets, draw_views(50, 4, 7, 1, 2, 4).offsets)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"optimizer": "adam"}, "optimizer must be one of sgd, adamw; got 'adam'"),
+     ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine, step; got 'linear'"),
+     ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]"),
+     ({"lr_step_epochs": 0}, "lr_step_epochs must be a positive integer"),
+     ({"lr_min": 1.0}, r"lr_min must be in \[0, lr=0.05\]"),
+     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+     ({"beta2": -0.1}, r"beta2 must be in \[0, 1\)"),
+     ({"augment_padding": -1}, "augment_padding must be an integer >= 0")],
+)
+def test_recipe_settings_are_validated_listing_what_is_valid(setting, message):
+    with pytest.raises(ValueError, match=message):
+        SisaConfig(**setting)
+
+
+def test_augmentation_of_table_samples_is_refused(tmp_path, table):
+    with pytest.raises(ValueError, match=r"sisa.augment crops and flips images \(C, H, W\), but the samples have shape"):
+        open_run(tmp_path / "run", table, SisaConfig(augment=True))

@@ -1,0 +1,58 @@
+"""The project's decoded data cache: a deletion purges its rows; other runs on the same data still open."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestration.audit import certificate
+from orchestration.cli import main
+from orchestration.datasets.cache import cached_ids, purged_rows, train_cache_file
+from orchestration.runs import open_session
+from tests.conftest import LOCAL
+
+SETTINGS = ["--engine", "local", "--no-track", "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=2",
+            "--set", "sisa.epochs=2", "--set", "model.hidden=8"]
+
+
+def _data(tmp_path) -> list[str]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    x = rng.normal(size=(200, 4)) + labels[:, None]
+    pq.write_table(pa.table({"sample_id": np.arange(200), "label": labels, **{f"f{j}": x[:, j] for j in range(4)}}),
+                   tmp_path / "data.parquet")
+    return ["--set", "data.name=parquet", "--set", f"data.path={tmp_path / 'data.parquet'}"]
+
+
+def test_a_deletion_purges_its_rows_from_the_cache_and_another_run_on_the_data_still_opens(tmp_path):
+    data = _data(tmp_path)
+    for name in ("a", "b"):
+        assert main(["train", "--run-dir", str(tmp_path / name), *SETTINGS, *data]) == 0
+    a = open_session(tmp_path / "a", flags=LOCAL)
+    cache = train_cache_file(a.config.data)
+    first, second, third = a.run.table.ids[:2], a.run.table.ids[2:3], a.run.table.ids[3:4]
+    assert cache is not None and np.isin(a.run.table.ids, cached_ids(cache)).all()
+
+    report = a.run.forget(first)
+
+    assert {"kind": "cached-rows", "path": str(cache), "rows": 2} == {k: v for k, v in report.destroyed[-1].items()
+                                                                      if k != "ids_sha256"}
+    assert not np.isin(first, cached_ids(cache)).any() and purged_rows(cache) == 2
+    assert certificate(open_session(tmp_path / "a", flags=LOCAL))["clean"]
+    b = open_session(tmp_path / "b", flags=LOCAL)  # its data still holds them: it reads the source files
+    assert np.isin(first, b.run.retained_ids()).all()
+    assert not np.isin(first, cached_ids(cache)).any(), "the purged rows do not come back to the cache"
+    b.run.forget(second)
+    assert not np.isin(second, cached_ids(cache)).any() and certificate(open_session(tmp_path / "b", flags=LOCAL))["clean"]
+    assert np.isin(third, cached_ids(cache)).all()
+
+
+def test_the_audit_finds_deleted_rows_left_in_the_cache(tmp_path):
+    data = _data(tmp_path)
+    assert main(["train", "--run-dir", str(tmp_path / "a"), *SETTINGS, *data]) == 0
+    session = open_session(tmp_path / "a", flags=LOCAL)
+    session.run.purgers = session.run.purgers[:-1]  # a deletion served without the cache purger
+    session.run.forget(session.run.table.ids[:1])
+    report = certificate(open_session(tmp_path / "a", flags=LOCAL))
+    assert not report["clean"] and any(f.startswith("cache:") and "1 deleted sample" in f for f in report["findings"])

@@ -98,6 +98,8 @@ class Study:
         index = {id(job): i for i, job in enumerate(jobs)}
         for job, result in self.fanout.map(run_job, jobs, self.ws, self.progress):
             results[index[id(job)]] = result
+            if result.skipped:  # nothing was made (the method does not apply): neither made nor reused
+                continue
             if result.fresh:
                 self.made += 1
             else:

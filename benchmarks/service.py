@@ -266,8 +266,9 @@ def report(results: dict[str, Any]) -> str:
              f"service, request to done: median {s['service']['median_s']:.2f} s, {s['service']['speedup']:.1f}x "
              f"(service start {results['service']['start_s']:.1f} s, once)"]
     for case, p in results["predictions"].items():
+        latency = (f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms" if p["answers"] else "no answer counted")
         lines.append(f"predictions ({case}): {p['per_s']:.1f}/s ({p['samples_per_s']:.0f} samples/s), "
-                     f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms over {p['answers']} answers")
+                     f"{latency} over {p['answers']} answers")
     return "\n".join(lines)
 
 

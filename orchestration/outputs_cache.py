@@ -28,6 +28,7 @@ import torch
 from orchestration.evaluation import model_device
 from orchestration.timings import phase
 from sisa import SisaRun
+from sisa.encoding import encode_inputs
 from sisa.ledger import Request
 
 FOLDER = Path("cache") / "outputs"
@@ -78,6 +79,8 @@ def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mappi
     missing = {shard: key for shard, key in keys.items() if cached[shard] is None}
     if missing:
         with phase("evaluation"):
+            if run.encoder is not None:  # a frozen backbone: one pass over x, the heads run on its features
+                x = encode_inputs(run.encoder, x, fixed_batches=False)
             for shard, model in run.constituents(missing):
                 device = model_device(model)
                 cached[shard] = torch.cat([model(b.to(device)).cpu() for b in x.split(_BATCH)])

@@ -99,6 +99,12 @@ def deploy(run_dir: Path, config: RunConfig, token: str) -> Service:
     """
     run_dir, config = run_dir.resolve(), resolved(config)
     settings = config.serve
+    if config.sisa.trainable != "all":
+        # Replicas rebuild whole networks from shipped weights; a frozen backbone would have to run
+        # once per request ahead of the heads, which the replicas do not do.
+        raise ValueError(f"unlearn serve serves full-network runs (sisa.trainable = 'all'); this run trains "
+                         f"{config.sisa.trainable}s on a frozen backbone: use `unlearn predict`, `unlearn forget` "
+                         "or its registered MLflow model")
     try:
         with run_lock(run_dir / "lock", timeout=0):
             pass

@@ -1,4 +1,4 @@
-"""The work behind `unlearn train | forget | approx | bench`, tracked: one parent run per command.
+"""The work behind `unlearn train | forget | approx | bench | tune`, tracked: one parent run per command.
 
 The CLI parses and prints; these functions run the SISA and approximate libraries and log what
 they did (params, per-shard child runs, metrics, artifacts, a new model version of the ensemble).
@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import approx
 from orchestration.approximate import ApproxReport, run_approx
 from orchestration.bench.fanout import Progress
 from orchestration.bench.run import BenchResult, run_bench
+from orchestration.bench.tune import TuneResult, run_tune
 from orchestration.config import RunConfig
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
@@ -171,8 +173,17 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
     return report
 
 
-def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None) -> BenchResult:
+def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None,
+          notes: Sequence[str] = ()) -> BenchResult:
     """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
     process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
-    with a child per method (`config.tracking`'s tracker unless one is given)."""
-    return run_bench(config, out, tracker, progress=progress)
+    with a child per method (`config.tracking`'s tracker unless one is given); `notes` join its header."""
+    return run_bench(config, out, tracker, progress=progress, notes=notes)
+
+
+def tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, command: str,
+         tracker: Tracker | None = None, progress: Progress | None = None) -> TuneResult:
+    """Tune `methods` against retraining in the setting of `config` (see orchestration/bench/tune.py): a
+    Ray Tune search per method on data and seeds the bench never reports, each trial an MLflow run,
+    the best configurations written under `tuned_dir`."""
+    return run_tune(config, methods, out, tuned_dir, command, tracker, progress)

@@ -108,8 +108,7 @@ def original_budget(config: RunConfig, train: SampleTable) -> dict[str, int]:
 
 
 def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, command: str,
-             tracker: Tracker | None = None, progress: Progress | None = None,
-             objective: Callable[[dict[str, Any], tuning.Trial], dict[str, Any]] = tuning.evaluate) -> TuneResult:
+             tracker: Tracker | None = None, progress: Progress | None = None) -> TuneResult:
     """Tune `methods` in the setting of `config` (see the module docstring).
 
     Args:
@@ -121,7 +120,6 @@ def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, 
         command: the command line, recorded in each tuned file.
         tracker: MLflow (or a test double); by default the one `config.tracking` describes.
         progress: hears of every model job and every trial.
-        objective: what a trial runs (tuning.evaluate; must be importable on the workers).
     """
     from orchestration.bench import search
 
@@ -180,7 +178,7 @@ def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, 
                     progress.planned(config.tune.trials)
                 shutil.rmtree(out / "ray" / name, ignore_errors=True)  # a new search, not a resumed one
                 result = search.search(
-                    name, search.domains(space), objective, trial, trials=config.tune.trials, storage=out / "ray",
+                    name, search.domains(space), tuning.evaluate, trial, trials=config.tune.trials, storage=out / "ray",
                     seed=derive_seed(config.seed, "tune", "search", name) >> 32, first=first,
                     time_budget_s=config.tune.time_budget_s, retries=config.ray.max_retries,
                     concurrency=config.ray.max_workers, on_trial=_on_trial(tracker, name, out, progress))

@@ -38,9 +38,9 @@ def request_ids(args: argparse.Namespace, session: Session) -> np.ndarray:
     """The sample_ids of a request given as --ids or --ids-file, in the data set's own ids."""
     table = session.run.table
     if args.ids is not None:
-        ids = ids_from_text(args.ids, table)
+        ids = ids_from_text(args.ids, table, history=session.run.ledger.requests())
     elif args.ids_file is not None:
-        ids = ids_from_file(args.ids_file, table, session.config.data.id_column)
+        ids = ids_from_file(args.ids_file, table, session.config.data.id_column, session.run.ledger.requests())
     else:
         raise InvalidRequestError("give --ids or --ids-file")
     check_new(table, ids, session.run.ledger.requests())

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sisa import InvalidRequestError, SampleTable
+from sisa.data import key_sample_ids
 from sisa.ledger import Request
 
 _INT64 = np.iinfo(np.int64)
@@ -34,17 +35,36 @@ def parse_ids(text: str) -> list[int]:
     return ids
 
 
-def ids_from_text(text: str, table: SampleTable, separator: str = ",") -> np.ndarray:
+def ids_from_text(text: str, table: SampleTable, separator: str = ",", history: list[Request] | None = None) -> np.ndarray:
     """The sample_ids named in `text`: integers, or the data set's string ids split on `separator`."""
     if table.keys is None:
         return np.asarray(parse_ids(text), np.int64)
     keys = [k.strip() for k in text.split(separator) if k.strip()]
     if not keys:
         raise InvalidRequestError("the request names no sample ids; give at least one")
-    return table.lookup(keys)
+    return lookup(table, keys, history or [])
 
 
-def ids_from_file(path: str, table: SampleTable, id_column: str) -> np.ndarray:
+def lookup(table: SampleTable, keys: pa.Array | list[str], history: list[Request]) -> np.ndarray:
+    """The sample_ids of string ids; ids a deletion already removed are named as such.
+
+    Deleted rows may be gone from the data (a purged cache), so a key the table lacks is checked
+    against the ledger: a key's sample_id depends on the key alone, so it can be matched there.
+    """
+    try:
+        return table.lookup(keys)
+    except InvalidRequestError:
+        ids = key_sample_ids(keys)
+        for request in history:
+            again = np.isin(ids, request.sample_ids)
+            if again.any():
+                shown = pa.array(keys).filter(pa.array(again)).slice(0, 5).to_pylist()
+                raise InvalidRequestError(f"ids {', '.join(map(str, shown))} were already deleted by request "
+                                          f"{request.request_id}") from None
+        raise
+
+
+def ids_from_file(path: str, table: SampleTable, id_column: str, history: list[Request] | None = None) -> np.ndarray:
     """The sample_ids listed in a text file (one id per line, '#' comments) or a Parquet column.
 
     The Parquet column is `id_column` (data.id_column) if the file has it, else `sample_id`.
@@ -57,7 +77,7 @@ def ids_from_file(path: str, table: SampleTable, id_column: str) -> np.ndarray:
                                   "or a Parquet file with an id column")
     if file.suffix not in (".parquet", ".parq", ".pq"):
         lines = [line.split("#", 1)[0] for line in file.read_text().splitlines()]
-        return ids_from_text("\n".join(lines), table, separator="\n")
+        return ids_from_text("\n".join(lines), table, separator="\n", history=history)
     names = pq.read_schema(file).names
     column = next((c for c in (id_column, "sample_id") if c in names), None)
     if column is None:
@@ -66,7 +86,7 @@ def ids_from_file(path: str, table: SampleTable, id_column: str) -> np.ndarray:
     if ids.null_count:
         raise InvalidRequestError(f"{path}: column {column!r} holds {ids.null_count} empty value(s)")
     if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
-        return table.lookup(ids)
+        return lookup(table, ids, history or [])
     if not pa.types.is_integer(ids.type):
         raise InvalidRequestError(f"{path}: column {column!r} holds {ids.type}; expected integer or string ids")
     if table.keys is not None:
@@ -93,5 +113,15 @@ def check_new(table: SampleTable, sample_ids: np.ndarray, history: list[Request]
 
 def describe_ids(table: SampleTable, sample_ids: np.ndarray, limit: int = 5) -> str:
     """The first `limit` of `sample_ids` as the user names them, e.g. 'user-42, user-77 and 3 more'."""
-    shown = ", ".join(str(k) for k in table.keys_of(np.asarray(sample_ids)[:limit]).to_pylist())
-    return shown + (f" and {len(sample_ids) - limit} more" if len(sample_ids) > limit else "")
+    return describe_names(table.keys_of(np.asarray(sample_ids)[:limit]).to_pylist(), len(sample_ids), limit)
+
+
+def describe_request(request: Request, limit: int = 5) -> str:
+    """A recorded request's ids as the user named them (the ledger keeps them: the rows may be gone)."""
+    names = request.keys if request.keys is not None else request.sample_ids.tolist()
+    return describe_names(names[:limit], len(names), limit)
+
+
+def describe_names(shown: list, total: int, limit: int = 5) -> str:
+    """'a, b, c and 3 more' from the first ids and how many there are."""
+    return ", ".join(str(k) for k in shown[:limit]) + (f" and {total - limit} more" if total > limit else "")

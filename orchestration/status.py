@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestration.requests import describe_ids
+from orchestration.requests import describe_request
 from orchestration.runs import Session
 from sisa import SisaError, aggregate
 from sisa.config import AGGREGATIONS
@@ -30,7 +30,7 @@ def describe(session: Session) -> dict[str, Any]:
         shards.append({"shard": shard, "samples": size, "checkpoints": stored})
     requests = [
         {"request_id": r.request_id, "time": r.time, "num_ids": len(r.sample_ids),
-         "ids": describe_ids(run.table, r.sample_ids), "reason": r.reason,
+         "ids": describe_request(r), "reason": r.reason,
          "state": "pending" if r.done is None else "done",
          "retrained": None if r.done is None else {int(k): v for k, v in r.done["retrained"].items()},
          "samples_epochs": None if r.done is None else r.done["samples_epochs"],

@@ -11,7 +11,7 @@ Summary keys (the tables' columns): klom_<split> (P95 over samples) and klom_<sp
 ulira, fq, with _lo/_hi bounds of a 95% bootstrap interval over samples; ua, ra, ta, ta_class, mia
 (mean over models, _std with ddof 1, _lo/_hi of a 95% Student-t interval); gap (Avg. Gap of the
 means to the oracles'), kl and js (each model against an oracle); seconds (median, _q25 and _q75),
-cpu_share, samples_epochs and peak_mb (medians).
+cpu_seconds, cpu_share, samples_epochs and peak_mb (medians).
 """
 
 from __future__ import annotations
@@ -161,10 +161,14 @@ def _per_model(population: Population, seed: int) -> dict[str, np.ndarray]:
 def cost_summary(costs: list[Cost]) -> dict[str, float]:
     """Medians of the costs (NaN when there are none, e.g. for the floor's halves)."""
     if not costs:
-        return {k: math.nan for k in ("seconds", "seconds_q25", "seconds_q75", "cpu_share", "samples_epochs", "peak_mb")}
+        return {k: math.nan for k in ("seconds", "seconds_q25", "seconds_q75", "cpu_seconds", "cpu_share",
+                                      "samples_epochs", "peak_mb")}
     seconds = np.array([c.seconds for c in costs])
     return {"seconds": float(np.median(seconds)), "seconds_q25": float(np.percentile(seconds, 25)),
             "seconds_q75": float(np.percentile(seconds, 75)),
+            # A job runs one torch thread, so its CPU time is its own work: unlike wall time, it
+            # does not grow when other processes share the cores.
+            "cpu_seconds": float(np.median([c.cpu_seconds for c in costs])),
             "cpu_share": float(np.nanmedian([c.cpu_share for c in costs])),
             "samples_epochs": float(np.median([c.samples_epochs for c in costs])),
             "peak_mb": float(np.nanmedian([c.peak_mb for c in costs])) if any(not math.isnan(c.peak_mb) for c in costs)

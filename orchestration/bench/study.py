@@ -98,6 +98,8 @@ class Study:
         index = {id(job): i for i, job in enumerate(jobs)}
         for job, result in self.fanout.map(run_job, jobs, self.ws, self.progress):
             results[index[id(job)]] = result
+            if result.skipped:  # nothing was made (the method does not apply): neither made nor reused
+                continue
             if result.fresh:
                 self.made += 1
             else:
@@ -166,6 +168,9 @@ class Study:
         retrain = float(np.median([c.seconds for c in oracle.costs])) * len(self.protocol.requests)
         seconds = scores.summary["seconds"]
         scores.summary["speedup"] = retrain / seconds if seconds > 0 else math.nan
+        retrain_cpu = float(np.median([c.cpu_seconds for c in oracle.costs])) * len(self.protocol.requests)
+        cpu = scores.summary["cpu_seconds"]
+        scores.summary["speedup_cpu"] = retrain_cpu / cpu if cpu > 0 else math.nan
         return scores
 
     def cost_curve(self, count: int) -> list[dict[str, float]]:

@@ -73,7 +73,8 @@ def test_parquet_with_string_ids_and_png_images_trains_and_forgets_by_user_id(tm
              "--set", "sisa.augment_padding=1")
     _forget_and_audit(capsys, run_dir, ["user-3", "user-17"], "--ids", "user-3, user-17", "--reason", "erasure")
 
-    code, out, _ = run_cli(capsys, "status", "--run-dir", run_dir, "--json")
+    code, out, err = run_cli(capsys, "status", "--run-dir", run_dir, "--json")
+    assert code == 0, err
     info = json.loads(out)
     assert info["classes"] == ["bird", "cat", "dog"] and info["data"]["retained"] == 118
     assert info["requests"][0]["ids"] in ("user-3, user-17", "user-17, user-3")

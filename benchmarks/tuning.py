@@ -5,7 +5,7 @@ For each setting and scenario, four steps, each an `unlearn` command run in this
 1. `unlearn tune --method all`: every method's search against retraining (20 trials, 8 models a side),
    writing `configs/tuned/<data>-cnn-<scenario>/<method>.toml`;
 2. `unlearn bench`: every method with its defaults (16 models a side), into
-   `benchmarks/results/bench-<setting>-<scenario>-default/`;
+   `benchmarks/results/bench-<setting>-<scenario>/` (the head-to-head bench of benchmarks/README.md);
 3. `unlearn bench --tuned`: the same bench with the tuned configurations (it shares the model cache of
    step 2, so only the unlearning runs are new), into `...-tuned/`;
 4. the comparison (`benchmarks/results/tuning-<setting>-<scenario>.md` and `.json`): per method the
@@ -72,7 +72,7 @@ def plan(setting: str, scenario: str, out: Path) -> Plan:
     tune = ["tune", "--method", "all", *shared, "--set", f"bench.cache_dir={runs / 'tune-models'}",
             "--out", str(runs / f"tune-{scenario}"), "--no-track"]
     bench = ["bench", *shared, "--set", f"bench.cache_dir={runs / 'bench-models'}", "--no-track"]
-    return Plan(name, tune, [*bench, "--out", str(out / f"bench-{name}-default")],
+    return Plan(name, tune, [*bench, "--out", str(out / f"bench-{name}")],
                 [*bench, "--tuned", "--out", str(out / f"bench-{name}-tuned")], shared, tuned.TUNED_DIR, out)
 
 

@@ -1,13 +1,13 @@
 """ShardWorker: the plain class that trains shards; `cluster.py` makes it a Ray actor.
 
-A worker gets the training data from the driver (or loads it from the config), rebuilds models
-by name, and shares checkpoints with the driver through the store URI, so it can run on any node
-that reaches the store.
+A worker gets the training data from the driver (or loads it from the config), and in adapter mode
+the frozen backbone, rebuilds constituents as the driver does (constituents.py), and shares
+checkpoints with the driver through the store URI, so it can run on any node that reaches the store.
+In head mode the data it gets is the backbone's features: it never needs the backbone.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from orchestration.backbone import Backbone
 from orchestration.config import RunConfig
+from orchestration.constituents import constituent_factory
 from orchestration.datasets import load_dataset
-from orchestration.models import build_model
 from sisa import CheckpointStore, SampleTable, ShardJob, ShardReport, ShardTrainer
 
 log = logging.getLogger(__name__)
@@ -51,29 +52,33 @@ class ShardWorker:
     """Trains shard jobs of one run; torch threads follow the CPUs reserved per shard."""
 
     def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, fingerprint: str | None = None) -> None:
         torch.set_num_threads(max(1, round(config.ray.num_cpus_per_shard)))
         self.config, self.store_uri, self.fault, self.num_classes = config, store_uri, fault, num_classes
+        self.fingerprint = fingerprint or config.fingerprint()
         self._trainer: ShardTrainer | None = None
         self._table_id: int | None = None
 
-    def _trainer_for(self, train: SampleTable | None) -> ShardTrainer:
-        """A trainer over `train` (the driver's data, from Ray's object store), or the config's data."""
+    def _trainer_for(self, train: SampleTable | None, backbone: Backbone | None) -> ShardTrainer:
+        """A trainer over `train` (the driver's data or features, from Ray's object store), or the config's data."""
         if self._trainer is not None and (train is None or id(train) == self._table_id):
             return self._trainer
         num_classes = self.num_classes
         if train is None or num_classes is None:
+            if self.config.sisa.trainable != "all":
+                raise ValueError("a frozen-backbone run's workers train on what the driver sends them")
             train, test = load_dataset(self.config.data)
             num_classes = max(train.num_classes, test.num_classes)
-        factory = functools.partial(build_model, self.config.model, train.sample_shape, num_classes)
+        factory = constituent_factory(self.config.model, self.config.sisa.trainable, train.sample_shape, num_classes,
+                                      backbone)
         self._trainer = ShardTrainer(train, factory, self.config.sisa, CheckpointStore(self.store_uri),
-                                     self.config.fingerprint(), self.config.seed, on_batch=self.fault)
+                                     self.fingerprint, self.config.seed, on_batch=self.fault)
         self._table_id = id(train)
         return self._trainer
 
-    def train(self, job: ShardJob, train: SampleTable | None = None) -> ShardReport:
+    def train(self, job: ShardJob, train: SampleTable | None = None, backbone: Backbone | None = None) -> ShardReport:
         """Bring the shard's checkpoints up to date (see sisa.ShardTrainer.train)."""
-        return self._trainer_for(train).train(job)
+        return self._trainer_for(train, backbone).train(job)
 
     def ready(self) -> bool:
         """Returns once the worker is constructed."""

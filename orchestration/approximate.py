@@ -67,6 +67,11 @@ def run_approx(session: Session, method: approx.UnlearningMethod, sample_ids: li
     """Run `method` to forget `sample_ids` on the ensemble's affected constituents or on the single model."""
     if target not in ("ensemble", "single"):
         raise ValueError(f"target must be 'ensemble' or 'single', got {target!r}")
+    trainable = session.config.sisa.trainable
+    if trainable != "all":
+        raise ValueError(f"approximate methods unlearn full networks; this run trains {trainable}s on a frozen backbone "
+                         f"(sisa.trainable = {trainable}), whose exact deletion already retrains only those: use "
+                         "`unlearn forget`")
     run = session.run
     with run.locked():  # no deletion may change the run while a method reads it
         ids = run.validate(sample_ids)

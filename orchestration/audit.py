@@ -1,8 +1,8 @@
 """`unlearn audit`: the deletion certificate of a run.
 
 It looks everywhere the project keeps something derived from the training data (the checkpoint
-store, the derived models in the run directory, the decoded data cache, the MLflow model versions
-the run published)
+store, the backbone features stored in the run directory, the derived models in the run directory,
+the decoded data cache, the MLflow model versions the run published)
 for anything that saw a deleted sample, and lists per request what was retrained and what was
 destroyed. Opening the run already verified its ledger (the MAC chain and the store's anchor)
 and its data digest. Optionally it trains the run again from scratch on the retained data with
@@ -22,6 +22,7 @@ import torch
 
 from orchestration.datasets.cache import cached_ids, train_cache_file
 from orchestration.derived import stale_derived
+from orchestration.features import feature_files, feature_findings
 from orchestration.registry import live_versions, published, readable_artifacts
 from orchestration.runs import Session, open_run
 from sisa.ledger import Request, ids_digest_hex
@@ -72,6 +73,8 @@ def _mlflow_findings(session: Session) -> list[str]:
 def retrain_check(session: Session, scratch_dir: Path, on_slice: Callable | None = None) -> list[str]:
     """Train the retained data from scratch (same recipe, seed, secret, engine) and compare bit for bit."""
     run = session.run
+    # The scratch run extracts its own features of the retained samples (head mode): a sample's
+    # features do not depend on the others extracted with it, so they match the run's bit for bit.
     scratch = open_run(scratch_dir, session.config, data=(run.table.take(run.retained_ids()), session.test),
                        secret=run.secret)
     scratch.run.train(on_slice)
@@ -103,6 +106,7 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
     findings = [f"ledger: request {r.request_id} is pending; finish it with `unlearn forget --resume`"
                 for r in run.ledger.pending()]
     findings += _store_findings(session, deleted)
+    findings += feature_findings(run.run_dir, deleted)
     findings += [f"run dir: derived model {path} was built before a deletion" for path in stale_derived(run)]
     findings += _cache_findings(session, deleted)
     findings += _mlflow_findings(session)
@@ -114,6 +118,7 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
         "audited": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "ledger": {"records": run.ledger.verify(), "head": run.ledger.head, "verified": True},
         "data_digest": run.ledger.data_digest(), "deleted_ids": int(len(deleted)),
-        "checked": ["ledger", "store", "run dir", "data cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
+        "checked": ["ledger", "store"] + (["features"] if feature_files(run.run_dir) else [])
+        + ["run dir", "data cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
         "clean": not findings, "findings": findings, "requests": [_request_entry(r) for r in shown],
     }

@@ -1,4 +1,4 @@
-"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, tune."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, tune, audit, pretrain."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from orchestration.bench import tuned
 from orchestration.bench.protocol import create_methods
 from orchestration.bench.tune import searched, tune_table
 from orchestration.config import RunConfig, load_config
+from orchestration.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
 from orchestration.runs import Session, open_session
 from orchestration.status import describe
@@ -159,6 +160,15 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"sisa: {s['num_shards']} shards x {s['num_slices']} slices, {s['epochs']} epochs "
           f"({s['slice_epochs']} per slice), {s['optimizer']} lr {s['lr']} {s['lr_schedule']}"
           f"{', augmented' if s['augment'] else ''}, aggregation {s['aggregation']}")
+    if info["backbone"]:
+        b = info["backbone"]
+        print(f"backbone: {b['path']} (sha256 {b['sha256'][:16]}, frozen, features {tuple(b['feature_shape'])}); "
+              f"each shard trains {b['each_shard_trains']}")
+    if info["features"]:
+        f = info["features"]
+        print(f"features: {f['path']}: {f['rows']} sample(s), {f['bytes'] / 1e6:.2f} MB")
+    if info["public"]["samples"]:
+        print(f"public: {info['public']['samples']} sample(s), non-deletable ({info['public']['declared_by']})")
     if info["classes"]:
         print(f"classes: {', '.join(info['classes'])}")
     print(f"store: {store['uri']}: {store['checkpoints']} checkpoints, {store['bytes'] / 1e6:.2f} MB")
@@ -328,6 +338,20 @@ def cmd_tune(args: argparse.Namespace) -> None:
               f"{'' if Path(args.tuned_dir) == tuned.TUNED_DIR else ' ' + args.tuned_dir}")
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    config = load_config(args.config, _settings(args) + _flags(args))
+    progress = Progress("pretraining")
+    try:
+        report = commands.pretrain(config, Path(args.out), make_tracker(config.tracking), progress)
+    finally:
+        progress.close()
+    print(f"pretrained {config.model.name} on {report.samples} public sample(s) ({describe_public(config.data)}): "
+          f"{report.samples_epochs} samples x epochs, {report.seconds:.1f} s; test accuracy of the pretrained "
+          f"classifier {report.test_accuracy:.4f}")
+    print(f"wrote {report.path} (sha256 {report.sha256[:16]}, classifier {report.classifier or 'none'} removed); "
+          f"train on it with --set model.backbone={report.path} --set sisa.trainable=head (or adapter)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description="Exact (SISA) and approximate machine unlearning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -424,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "recipe, seed and secret) and check every constituent is "
                                                         "bit-identical")
     audit.set_defaults(func=cmd_audit)
+    pretrain = sub.add_parser("pretrain", help="Train a frozen backbone on the data a run declares public.",
+                              description="Train model.name on the public (non-deletable) training samples "
+                                          "(data.public_fraction, data.public_ids) with the [pretrain] recipe and "
+                                          "write it, without its classifier, to --out for model.backbone.")
+    pretrain.add_argument("--out", required=True, help="the backbone file to write (must not exist)")
+    pretrain.add_argument("--config", help="TOML config file (the one the run will use)")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a setting, e.g. --set pretrain.epochs=20 (repeatable)")
+    pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    pretrain.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    pretrain.set_defaults(func=cmd_pretrain)
     return parser
 
 

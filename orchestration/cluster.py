@@ -12,6 +12,7 @@ import os
 from collections import deque
 
 from orchestration.actors import FaultSpec, ShardWorker
+from orchestration.backbone import Backbone
 from orchestration.config import RunConfig
 from orchestration.datasets import cache_dir
 from sisa import SampleTable, ShardJob, ShardReport, SisaError
@@ -48,10 +49,23 @@ class RayExecutor:
     """Runs shard jobs on a pool of ShardWorker actors (at most one per shard)."""
 
     def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
-                 train: SampleTable | None = None, num_classes: int | None = None) -> None:
-        """Prepare the pool; Ray is started or joined, and the data shared, on the first job."""
+                 train: SampleTable | None = None, num_classes: int | None = None, fingerprint: str | None = None,
+                 backbone: Backbone | None = None) -> None:
+        """Prepare the pool; Ray is started or joined, and the data shared, on the first job.
+
+        Args:
+            config: the run's config.
+            store_uri: the checkpoint store every worker reaches.
+            fault: a fault to inject into workers (tests).
+            train: what the constituents train on (the samples, or a frozen backbone's features of them).
+            num_classes: classes the constituents output.
+            fingerprint: the run's fingerprint (default: the config's own; a backbone's hash is part of it).
+            backbone: the frozen backbone adapter-mode constituents are built around.
+        """
         self.ray = None
         self.train, self.num_classes, self._data_ref = train, num_classes, None
+        self.fingerprint = fingerprint or config.fingerprint()
+        self.backbone, self._backbone_put = backbone, None
         data = dataclasses.replace(config.data, cache_dir=str(cache_dir(config.data)))
         self.config = dataclasses.replace(config, data=data)
         self.store_uri, self.fault = store_uri, fault
@@ -82,7 +96,7 @@ class RayExecutor:
                 num_cpus=r.num_cpus_per_shard, num_gpus=r.num_gpus_per_shard, max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             )
-            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self.num_classes))
+            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self.num_classes, self.fingerprint))
         return self._actors[index]
 
     def _train_ref(self):  # noqa: ANN202 - an ObjectRef
@@ -92,6 +106,12 @@ class RayExecutor:
         if self._data_ref is None and self.train is not None:
             self._data_ref = self.ray.put(self.train)
         return self._data_ref
+
+    def _backbone_ref(self):  # noqa: ANN202 - an ObjectRef, or None
+        # The frozen weights travel once through the object store, like the data, whichever node trains.
+        if self._backbone_put is None and self.backbone is not None:
+            self._backbone_put = self.ray.put(self.backbone)
+        return self._backbone_put
 
     def __call__(self, jobs: list[ShardJob], on_slice: OnSlice = None) -> list[ShardReport]:
         """Train `jobs` in parallel, collecting results as shards finish.
@@ -108,7 +128,8 @@ class RayExecutor:
         while in_flight or (pending and failed is None):
             while pending and idle and failed is None:
                 index, job = idle.pop(), pending.popleft()
-                in_flight[self._actor(index).train.remote(job, self._train_ref())] = (index, job)
+                ref = self._actor(index).train.remote(job, self._train_ref(), self._backbone_ref())
+                in_flight[ref] = (index, job)
             [ref], _ = self.ray.wait(list(in_flight), num_returns=1)
             index, job = in_flight.pop(ref)
             try:

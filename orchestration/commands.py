@@ -1,4 +1,4 @@
-"""The work behind `unlearn train | forget | approx | bench | tune`, tracked: one parent run per command.
+"""The work behind `unlearn train | forget | approx | bench | tune | pretrain`, tracked: one parent run per command.
 
 The CLI parses and prints; these functions run the SISA and approximate libraries and log what
 they did (params, per-shard child runs, metrics, artifacts, a new model version of the ensemble).
@@ -23,12 +23,15 @@ from orchestration.bench.fanout import Progress
 from orchestration.bench.run import BenchResult, run_bench
 from orchestration.bench.tune import TuneResult, run_tune
 from orchestration.config import RunConfig
+from orchestration.pretrain import PretrainReport
+from orchestration.pretrain import pretrain as pretrain_backbone
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
 from orchestration.tracking import Tracker, log_shard_runs, scratch_dir, write_json
 from sisa import DeletionReport, ShardReport
 from sisa.ensemble import OnSlice
+from sisa.frozen import trainable_state
 from sisa.ledger import ids_digest_hex
 
 log = logging.getLogger(__name__)
@@ -37,16 +40,22 @@ log = logging.getLogger(__name__)
 def export_ensemble(session: Session, folder: Path) -> Path:
     """Write the constituents' weights (tensors only), the config and metadata for the pyfunc model.
 
-    The example input is zeros of the input shape: no sample, training or test, leaves the run.
+    With a frozen backbone, its weights are written once (`backbone.pt`) and each constituent's file
+    holds only what it trained (a head, or adapters and a head). The example input is zeros of the
+    input shape: no sample, training or test, leaves the run.
     """
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for number, (_, model) in enumerate(session.run.constituents()):
         names.append(f"constituent-{number:03d}.pt")
-        torch.save(model.state_dict(), folder / names[-1])
+        torch.save(trainable_state(model), folder / names[-1])
     session.config.save(folder / "config.toml")
     meta = {"sample_shape": list(session.run.table.sample_shape), "num_classes": session.num_classes,
-            "aggregation": session.config.sisa.aggregation, "weights": names}
+            "aggregation": session.config.sisa.aggregation, "weights": names,
+            "trainable": session.config.sisa.trainable}
+    if session.backbone is not None:
+        torch.save(session.backbone.module.state_dict(), folder / "backbone.pt")
+        meta.update(backbone="backbone.pt", backbone_num_classes=session.backbone.num_classes)
     (folder / "meta.json").write_text(json.dumps(meta))
     np.save(folder / "example.npy", np.zeros((2, int(np.prod(session.run.table.sample_shape))), np.float32))
     return folder
@@ -170,6 +179,17 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
                 tracker.log_artifact(write_json(Path(tmp), "request.json",
                                                 {"num_ids": len(report.forget_ids),
                                                  "ids_sha256": ids_digest_hex(report.forget_ids)}))
+    return report
+
+
+def pretrain(config: RunConfig, out: Path, tracker: Tracker, on_slice: OnSlice = None) -> PretrainReport:
+    """Pretrain a backbone on the public data (see orchestration.pretrain); the run logs its params and metrics."""
+    with tracker.run("pretrain", params=config.flat(), tags={"command": "pretrain", "out": str(out.resolve())}):
+        report = pretrain_backbone(config, out, on_slice)
+        tracker.log_metrics({"test/acc": report.test_accuracy, "time/train_s": report.seconds,
+                             "cost/samples_epochs": report.samples_epochs, "data/public_samples": report.samples})
+        tracker.log_dict({"path": str(report.path.resolve()), "sha256": report.sha256, "classifier": report.classifier},
+                         "backbone.json")
     return report
 
 

@@ -50,8 +50,16 @@ class DataConfig:
     """Features per synthetic sample."""
     synthetic_classes: int = 4
     """Classes in the synthetic data set."""
+    public_fraction: float = 0.0
+    """Share of the training data declared public, chosen by a hash of (subset_seed, id): `unlearn pretrain`
+    trains the frozen backbone on it, and requests to delete it are refused (0 = none)."""
+    public_ids: str = ""
+    """A file naming more public training samples (text, one id per line, or Parquet with an id column), as
+    public_fraction; its contents are bound to the run."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.public_fraction < 1:
+            raise ValueError(f"data.public_fraction must be in [0, 1), got {self.public_fraction!r}")
         if self.train_limit < 0:
             raise ValueError(f"data.train_limit must be >= 0 (0 = all samples), got {self.train_limit!r}")
         if not 0 < self.test_fraction < 1:
@@ -60,22 +68,41 @@ class DataConfig:
             raise ValueError(f"data.shape must hold positive sizes, e.g. 1,28,28; got {list(self.shape)}")
 
 
+HEADS = ("linear", "mlp")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of each constituent model."""
 
     name: str = "mlp"
-    """mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory' (imported and run: trusted input)."""
+    """mlp, cnn, resnet18 (CIFAR variant), resnet20, or 'package.module:factory' (imported and run: trusted input);
+    with model.backbone, the backbone's network, whose last Linear layer (its classifier) is removed."""
     hidden: int = 128
     """Hidden units of the MLP."""
     channels: int = 32
     """Channels of the first convolution of the small CNN."""
+    backbone: str = ""
+    """Frozen backbone weights (tensors only, loaded with weights_only=True): a file written by `unlearn pretrain`,
+    or a state dict of model.name's network; needs sisa.trainable = head or adapter. Its sha256 is bound to the run."""
+    head: str = "linear"
+    """Each shard's head on the backbone's features: 'linear', or 'mlp' (one hidden layer of head_hidden units)."""
+    head_hidden: int = 128
+    """Hidden units of the 'mlp' head."""
+    adapter_rank: int = 4
+    """Rank r of the LoRA adapters (sisa.trainable = adapter): an adapted layer computes W x + B A x, A of rank r."""
+    adapter_layers: int = 2
+    """Adapt the backbone's last N Linear and Conv2d layers (0 = all of them)."""
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "channels"):
+        for name in ("hidden", "channels", "head_hidden", "adapter_rank"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.adapter_layers < 0:
+            raise ValueError(f"model.adapter_layers must be >= 0 (0 = every layer), got {self.adapter_layers!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
 
 
 @dataclass(frozen=True)
@@ -207,9 +234,15 @@ class TuneConfig:
             raise ValueError(f"tune.search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
 
 
-NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "sisa.aggregation",
-                "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "tune.")
-"""Settings that never change trained weights: a run may change them between commands."""
+NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "data.public_ids",
+                "model.backbone", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "tune.",
+                "pretrain.")
+"""Settings that never change trained weights: a run may change them between commands. (The contents behind
+data.public_ids and model.backbone do, and are bound to the run by their digests instead: see runs.py.)"""
+HEAD_SETTINGS = ("model.head", "model.head_hidden")
+ADAPTER_SETTINGS = ("model.adapter_rank", "model.adapter_layers")
+UNSET = {"sisa.trainable": "all", "data.public_fraction": 0.0}
+"""Settings that did not exist when the first runs were made, at the values that keep those runs' training."""
 
 
 @dataclass(frozen=True)
@@ -234,10 +267,32 @@ class RunConfig:
     """What `unlearn bench` compares."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """How `unlearn tune` searches each method's hyperparameters."""
+    pretrain: SisaConfig = field(default_factory=lambda: SisaConfig(num_shards=1, num_slices=1, epochs=10))
+    """The recipe `unlearn pretrain` trains the backbone with on the public data (one shard of one slice)."""
+
+    def __post_init__(self) -> None:
+        trainable = self.sisa.trainable
+        if trainable != "all" and not self.model.backbone:
+            raise ValueError(f"sisa.trainable={trainable!r} trains on a frozen backbone: set model.backbone to a file "
+                             "written by `unlearn pretrain` (or your own model.name weights)")
+        if self.model.backbone and trainable == "all":
+            raise ValueError("model.backbone is a frozen backbone: set sisa.trainable to 'head' or 'adapter' "
+                             "(the default 'all' trains every weight from scratch)")
+        p = self.pretrain
+        if (p.num_shards, p.num_slices, p.trainable) != (1, 1, "all"):
+            raise ValueError("pretrain trains one network on the public data: pretrain.num_shards and "
+                             "pretrain.num_slices must be 1 and pretrain.trainable 'all'")
 
     def training_settings(self) -> dict[str, Any]:
-        """Dotted key -> value of every setting that changes trained weights."""
-        return {k: v for k, v in self.flat().items() if not k.startswith(NON_TRAINING)}
+        """Dotted key -> value of every setting that changes trained weights.
+
+        Head and adapter settings change weights only in their modes and are left out otherwise;
+        settings at their UNSET values are left out too: a full-network run keeps the fingerprint
+        (and so every checkpoint key) it had before frozen backbones existed.
+        """
+        unused = {"all": HEAD_SETTINGS + ADAPTER_SETTINGS, "head": ADAPTER_SETTINGS, "adapter": ()}[self.sisa.trainable]
+        return {k: v for k, v in self.flat().items()
+                if not k.startswith(NON_TRAINING) and k not in unused and UNSET.get(k, object()) != v}
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes trained weights (not paths, engine or aggregation)."""

@@ -41,16 +41,19 @@ def available_bytes() -> int | None:
     return available
 
 
-def shard_bytes(table: SampleTable, num_shards: int) -> int:
+def shard_bytes(table: SampleTable, num_shards: int, feature_shape: tuple[int, ...] | None = None) -> int:
     """Bytes the largest shard's tensors take while its last slice trains.
 
     A shard holds Binomial(N, 1/S) samples, mean N/S, standard deviation below sqrt(N/S); four
     deviations above the mean bounds the largest of a few hundred shards. Each sample costs its
     values as float32 plus, while converting, a copy in the stored dtype (uint8 images: 1 + 4 bytes
-    a value; float32 tables: 4, the conversion is a no-op).
+    a value; float32 tables: 4, the conversion is a no-op). Heads on a frozen backbone train on its
+    float32 features (`feature_shape`) instead.
     """
     mean = len(table) / num_shards
     samples = min(len(table), math.ceil(mean + 4 * math.sqrt(mean)))
+    if feature_shape is not None:
+        return samples * int(np.prod(feature_shape)) * 4
     values = int(np.prod(table.sample_shape))
     stored = table.table.column("x").type.value_type.byte_width
     per_value = 4 + (stored if stored != 4 else 0)
@@ -71,15 +74,16 @@ def shards_at_once(config: RunConfig) -> int:
     return max(1, min(at_once, config.sisa.num_shards))
 
 
-def check_fits(table: SampleTable, config: RunConfig) -> None:
+def check_fits(table: SampleTable, config: RunConfig, feature_shape: tuple[int, ...] | None = None) -> None:
     """Raise MemoryLimitError when the shards trained at once would not fit in the available memory.
 
-    Does nothing when the available memory cannot be read (not Linux).
+    Does nothing when the available memory cannot be read (not Linux). `feature_shape`: the shards
+    train on features of this shape (head mode), not on the samples.
     """
     available = available_bytes()
     if available is None:
         return
-    per_shard, at_once = shard_bytes(table, config.sisa.num_shards), shards_at_once(config)
+    per_shard, at_once = shard_bytes(table, config.sisa.num_shards, feature_shape), shards_at_once(config)
     if per_shard * at_once > available:
         gib = 2**30
         raise MemoryLimitError(

@@ -1,5 +1,6 @@
 """Constituent architectures, chosen by name: MLP, small CNN, CIFAR ResNet-18 and ResNet-20, or a
-user's own model by import path ('package.module:factory').
+user's own model by import path ('package.module:factory'); and the heads trained on a frozen
+backbone's features (`model.head`).
 
 The ResNets follow the CIFAR convention of the unlearning literature: a 3x3 stem with stride 1
 and no max-pool (ResNet-18 as in Unlearn-Sparse/SalUn; ResNet-20 as in He et al. 2016, sec. 4.2).
@@ -138,3 +139,12 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     if config.name not in builders:
         raise ValueError(f"unknown model {config.name!r}; valid: {', '.join(MODELS)}, or 'package.module:factory'")
     return builders[config.name]()
+
+
+def build_head(config: ModelConfig, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised head on features of `feature_shape`: linear, or an MLP with one hidden layer."""
+    features = int(torch.tensor(feature_shape).prod())
+    if config.head == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(features, config.head_hidden), nn.ReLU(),
+                             nn.Linear(config.head_hidden, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))

@@ -9,6 +9,10 @@ Input: a 2-D array or DataFrame, one row per sample, holding the sample's model 
 (the values `SampleTable.tensors()` gives, e.g. pixels scaled to [0, 1]); over HTTP,
 `{"inputs": [[...], ...]}`. Output: predicted labels.
 
+With a frozen backbone the model holds its weights once (`backbone.pt`, the backbone saw only
+public data) and each constituent's trained part: head mode runs the backbone once and every head
+on its features, as `SisaRun` does; adapter mode runs each adapted constituent.
+
 What it does not hold: the run's secret, the shard of any training sample, any training sample.
 """
 
@@ -23,9 +27,12 @@ import mlflow
 import numpy as np
 import torch
 
+from orchestration.backbone import backbone_from_state
 from orchestration.config import load_config
-from orchestration.models import build_model
+from orchestration.constituents import constituent_factory
 from sisa import aggregate
+from sisa.encoding import encode_inputs
+from sisa.frozen import load_trainable
 
 _PACKAGES = ("sisa", "orchestration")
 _ENTRY = Path(__file__).with_name("ensemble_model.py")
@@ -39,16 +46,22 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         meta = json.loads((folder / "meta.json").read_text())
         config = load_config(folder / "config.toml")
         self.shape, self.how = tuple(meta["sample_shape"]), meta["aggregation"]
-        self.models = []
-        for name in meta["weights"]:
-            model = build_model(config.model, self.shape, meta["num_classes"])
-            model.load_state_dict(torch.load(folder / name, weights_only=True))
-            self.models.append(model.eval())
+        trainable, backbone = meta.get("trainable", "all"), None
+        if meta.get("backbone"):
+            state = torch.load(folder / meta["backbone"], weights_only=True)
+            backbone = backbone_from_state(config.model, self.shape, meta["backbone_num_classes"], state)
+        shape = backbone.feature_shape if trainable == "head" else self.shape
+        factory = constituent_factory(config.model, trainable, shape, meta["num_classes"], backbone)
+        self.encoder = backbone.module if trainable == "head" else None
+        self.models = [load_trainable(factory(), torch.load(folder / name, weights_only=True)).eval()
+                       for name in meta["weights"]]
 
     # Typed as an array (MLflow then neither validates nor warns); a DataFrame or nested lists work too.
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Labels (n,) for inputs (n, features) or (n, *sample_shape)."""
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, *self.shape)
+        if self.encoder is not None:
+            x = encode_inputs(self.encoder, x, fixed_batches=False)  # one backbone pass; the heads take its features
         with torch.no_grad():
             logits = torch.stack([m(x) for m in self.models])  # (models, samples, classes)
         return aggregate(logits, self.how).numpy()

@@ -1,9 +1,14 @@
 """Open a run directory: resolve its config, load its data, and build the SisaRun on top.
 
 The SisaRun gets the purgers of everything the application derives from the training data
-outside the checkpoint store (derived models in the run dir, published MLflow model versions,
-the rows of the project's decoded cache the command read the data from), so every deletion
-destroys them too, whichever command serves it.
+outside the checkpoint store (stored backbone features, derived models in the run dir, published
+MLflow model versions, the rows of the project's decoded cache the command read the data from), so
+every deletion destroys them too, whichever command serves it.
+
+With a frozen backbone (`model.backbone`, `sisa.trainable = head | adapter`) the run is also bound
+to the backbone file (its sha256) and to its public data (the digest of the ids declared public),
+both hashed into its fingerprint; a backbone that `unlearn pretrain` wrote must have been trained
+on exactly the run's public samples.
 """
 
 from __future__ import annotations
@@ -18,18 +23,22 @@ import numpy as np
 import torch
 
 from orchestration.actors import FaultSpec
+from orchestration.backbone import Backbone, load_backbone
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
+from orchestration.constituents import constituent_factory
 from orchestration.datasets import load_dataset
 from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
 from orchestration.derived import destroy_derived_models
+from orchestration.features import FeatureStore, destroy_feature_rows
 from orchestration.memory import check_fits
-from orchestration.models import build_model
+from orchestration.public import describe_public, public_ids, refusal_reason
 from orchestration.registry import destroy_published_versions
 from sisa import SampleTable, SisaRun
+from sisa.config import fingerprint
 from sisa.ensemble import resolve_store
 from sisa.errors import ConfigMismatchError, RunBindingError
-from sisa.ledger import Request
+from sisa.ledger import Request, ids_digest_hex
 
 CONFIG_FILE = "config.toml"
 log = logging.getLogger(__name__)
@@ -44,6 +53,10 @@ class Session:
     test: SampleTable
     num_classes: int
     """Classes the constituent models output (the larger of the train and test splits' counts)."""
+    backbone: Backbone | None = None
+    """The frozen backbone (sisa.trainable head or adapter)."""
+    features: FeatureStore | None = None
+    """Where the backbone's features of the training data are stored (head mode)."""
 
 
 def resolve_config(run_dir: Path, config_path: str | None, overrides: list[str], create: bool,
@@ -111,35 +124,91 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     if cache_file is not None:
         purgers.append(functools.partial(purge_cached_rows, cache_file))
     try:
-        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
-    except RunBindingError:
+        session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+    except (RunBindingError, ConfigMismatchError, ValueError) as err:
         if cache_file is None or not purged_rows(cache_file):
+            raise
+        # The public ids are computed from the data (their digest is in the fingerprint, and a
+        # pretrained backbone names them), so a cached copy that lacks one of them shows as a
+        # changed config or a mismatched backbone rather than as other data.
+        if not isinstance(err, RunBindingError) and not declares_public(config):
             raise
         # The cached copy lacks rows another run's deletions purged, rows this run still holds.
         log.info("the cached copy of %s lacks rows deleted by another run; reading the source files instead",
                  config.data.name)
         with bypassed():
             train, test = load_dataset(config.data)
-        run, num_classes = _sisa_run(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
+        session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
     if not (run_dir / CONFIG_FILE).exists():
         (kept or config).save(run_dir / CONFIG_FILE)
-    return Session(config, run, test, num_classes)
+    return session
 
 
-def _sisa_run(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleTable, lock_timeout: float | None,
-              fault: FaultSpec | None, secret: bytes | None, trains: bool, purgers: list) -> tuple[SisaRun, int]:
+def _session(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleTable, lock_timeout: float | None,
+             fault: FaultSpec | None, secret: bytes | None, trains: bool, purgers: list) -> Session:
     num_classes = max(train.num_classes, test.num_classes)
-    factory = functools.partial(build_model, config.model, train.sample_shape, num_classes)
+    trainable = config.sisa.trainable
+    backbone = load_backbone(config.model, train.sample_shape, num_classes) if config.model.backbone else None
+    public = public_ids(config.data, train)
+    _check_public(config, backbone, public)
+    shape = backbone.feature_shape if trainable == "head" else train.sample_shape  # what constituents take
+    factory = constituent_factory(config.model, trainable, shape, num_classes, backbone)
     factory()
-    config.sisa.check_sample_shape(train.sample_shape)
+    config.sisa.check_sample_shape(shape)
     if trains:
-        check_fits(train, config)
+        check_fits(train, config, backbone.feature_shape if trainable == "head" else None)
     store_uri = resolve_store(run_dir, config.store or None)
-    executor = RayExecutor(config, store_uri, fault, train, num_classes) if config.ray.engine == "ray" else None
-    run = SisaRun(run_dir, train, factory, config.sisa, config.seed, config.fingerprint(),
-                  store_uri=config.store or None, executor=executor, lock_timeout=lock_timeout, secret=secret,
-                  purgers=purgers)
-    return run, num_classes
+    features = FeatureStore(run_dir, backbone, train) if trainable == "head" else None
+    # Feature rows first: they are the derived data closest to the checkpoints.
+    purgers = ([destroy_feature_rows] if features else []) + purgers
+    try:
+        run = SisaRun(run_dir, train, factory, config.sisa, config.seed, run_fingerprint(config, backbone, public),
+                      store_uri=config.store or None, lock_timeout=lock_timeout, secret=secret, purgers=purgers,
+                      encoder=backbone.module if features else None, inputs=features.inputs if features else None,
+                      non_deletable=public, non_deletable_reason=refusal_reason(config.data))
+    except ConfigMismatchError as err:
+        if backbone is None and not public.size:
+            raise
+        raise ConfigMismatchError(f"{err} (the backbone file {config.model.backbone or '-'} and the public ids "
+                                  "are part of it: the run was made with other contents)") from None
+    if config.ray.engine == "ray":
+        # Head mode: the workers get the stored features, never the backbone; adapter mode: the
+        # samples and the backbone, which each constituent wraps.
+        run.executor = RayExecutor(config, store_uri, fault, run.trainer.table, num_classes, run.fingerprint,
+                                   backbone if trainable == "adapter" else None)
+    return Session(config, run, test, num_classes, backbone, features)
+
+
+def declares_public(config: RunConfig) -> bool:
+    """Whether the run declares public (non-deletable) training data."""
+    return bool(config.data.public_fraction or config.data.public_ids)
+
+
+def run_fingerprint(config: RunConfig, backbone: Backbone | None, public: np.ndarray) -> str:
+    """The run's fingerprint: its training settings, and the contents behind the backbone and public-ids paths.
+
+    Without a backbone or public data it is `config.fingerprint()`, as it always was.
+    """
+    settings = config.training_settings()
+    if backbone is not None:
+        settings["model.backbone.sha256"] = backbone.sha256
+    if public.size:
+        settings["data.public.sha256"] = ids_digest_hex(public)
+    return fingerprint(settings)
+
+
+def _check_public(config: RunConfig, backbone: Backbone | None, public: np.ndarray) -> None:
+    """A backbone `unlearn pretrain` wrote must have learnt from exactly the samples the run declares public."""
+    if backbone is None or backbone.public_sha256 is None:
+        return
+    if not public.size:
+        raise ValueError(f"model.backbone {config.model.backbone} was pretrained on public data, but the run declares "
+                         "none; set data.public_fraction or data.public_ids as they were for `unlearn pretrain`, so "
+                         "that the samples the backbone learnt from cannot be deleted")
+    if ids_digest_hex(public) != backbone.public_sha256:
+        raise ValueError(f"model.backbone {config.model.backbone} was pretrained on other samples than the run declares "
+                         f"public ({describe_public(config.data)}, {public.size} samples): a deletable sample may be in "
+                         "the backbone; use the public-data settings it was pretrained with")
 
 
 def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestration.public import describe_public
 from orchestration.requests import describe_request
 from orchestration.runs import Session
 from sisa import SisaError, aggregate
@@ -45,7 +46,10 @@ def describe(session: Session) -> dict[str, Any]:
         "seed": config.seed,
         "sisa": {"num_shards": s.num_shards, "num_slices": s.num_slices, "epochs": s.epochs,
                  "slice_epochs": s.slice_epochs, "optimizer": s.optimizer, "lr": s.lr, "lr_schedule": s.lr_schedule,
-                 "augment": s.augment, "aggregation": s.aggregation},
+                 "augment": s.augment, "aggregation": s.aggregation, "trainable": s.trainable},
+        "backbone": _backbone(session),
+        "features": session.features.stats() if session.features is not None else None,
+        "public": {"samples": int(len(run.non_deletable)), "declared_by": describe_public(config.data)},
         "classes": run.table.class_names,
         "store": {"uri": run.store.uri, "checkpoints": len(present), "bytes": run.store.nbytes()},
         "shards": shards,
@@ -57,3 +61,15 @@ def describe(session: Session) -> dict[str, Any]:
     except SisaError as err:
         info["test_accuracy_unavailable"] = str(err)
     return info
+
+
+def _backbone(session: Session) -> dict[str, Any] | None:
+    """The frozen backbone and what each shard trains on it, or None for full-network runs."""
+    if session.backbone is None:
+        return None
+    m = session.config.model
+    trains = f"a {m.head} head" if session.config.sisa.trainable == "head" else (
+        f"LoRA adapters (rank {m.adapter_rank}, {'every' if not m.adapter_layers else f'last {m.adapter_layers}'} "
+        f"layer(s)) and a {m.head} head")
+    return {"path": m.backbone, "sha256": session.backbone.sha256, "feature_shape": list(session.backbone.feature_shape),
+            "pretrained_on_public_data": session.backbone.public_sha256 is not None, "each_shard_trains": trains}

@@ -6,6 +6,7 @@ A pure library (PyTorch, NumPy, pyarrow): it never imports ray, mlflow or `appro
 from sisa.aggregation import aggregate, majority_vote, mean_posterior
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
+from sisa.encoding import encode
 from sisa.ensemble import DeletionReport, SisaRun
 from sisa.errors import (
     CheckpointCorruptError,
@@ -14,6 +15,7 @@ from sisa.errors import (
     PendingRequestError,
     SisaError,
 )
+from sisa.frozen import Frozen
 from sisa.ledger import Ledger
 from sisa.plan import ShardPlan
 from sisa.store import CheckpointStore
@@ -24,6 +26,7 @@ __all__ = [
     "CheckpointStore",
     "ConfigMismatchError",
     "DeletionReport",
+    "Frozen",
     "InvalidRequestError",
     "Ledger",
     "PendingRequestError",
@@ -37,6 +40,7 @@ __all__ = [
     "SisaRun",
     "SliceReport",
     "aggregate",
+    "encode",
     "majority_vote",
     "mean_posterior",
 ]

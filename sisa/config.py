@@ -14,6 +14,7 @@ import torch
 AGGREGATIONS = ("vote", "mean")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+TRAINABLE = ("all", "head", "adapter")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class SisaConfig:
     """Store the checkpoint of every k-th slice only (and always the last): fewer bytes, while a
     deletion resumes from the deepest stored checkpoint before its slice, so it may retrain more
     slices. Weights, and so exactness, do not depend on it."""
+    trainable: str = "all"
+    """What each constituent trains: 'all' (every weight), 'head' (a head on features a frozen backbone
+    computed once per sample) or 'adapter' (adapters inside a frozen backbone, plus a head); checkpoints
+    hold only what trains (see sisa.frozen)."""
 
     def __post_init__(self) -> None:
         for name in ("num_shards", "num_slices", "epochs", "batch_size", "checkpoint_every"):
@@ -83,7 +88,8 @@ class SisaConfig:
             kind = None
         if kind not in ("cpu", "cuda", "mps"):
             raise ValueError(f"sisa.device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {self.device!r}")
-        for name, valid in (("aggregation", AGGREGATIONS), ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES)):
+        for name, valid in (("aggregation", AGGREGATIONS), ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES),
+                            ("trainable", TRAINABLE)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"sisa.{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         if not 0 <= self.lr_min <= self.lr:
@@ -94,6 +100,9 @@ class SisaConfig:
             raise ValueError(f"sisa.lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
         if not isinstance(self.augment_padding, int) or isinstance(self.augment_padding, bool) or self.augment_padding < 0:
             raise ValueError(f"sisa.augment_padding must be an integer >= 0, got {self.augment_padding!r}")
+        if self.augment and self.trainable == "head":
+            raise ValueError("sisa.augment cannot apply with sisa.trainable='head': heads train on features computed once "
+                             "per sample, never on crops; use sisa.trainable='adapter' to train on augmented images")
 
     @property
     def slice_epochs(self) -> int:

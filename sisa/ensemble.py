@@ -38,9 +38,11 @@ from torch import nn
 from sisa.aggregation import aggregate
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
+from sisa.encoding import encode, encode_inputs
 from sisa.errors import (
     CheckpointMissingError,
     ConfigMismatchError,
+    InvalidRequestError,
     LedgerError,
     PendingRequestError,
     RunBindingError,
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 OnSlice = Callable[[SliceReport], None] | None
 Executor = Callable[[list[ShardJob], OnSlice], list[ShardReport]]
 """Runs shard jobs (in-process, or on a cluster) and returns one report per job."""
+Inputs = Callable[[np.ndarray], SampleTable]
+"""What the constituents train on, for sorted sample ids: e.g. a frozen backbone's stored features of them."""
 Purger = Callable[["SisaRun", list[Request]], list[dict[str, Any]]]
 """Destroys what was derived from the ids of requests being served (together) outside the
 checkpoint store (derived models, published model versions, cached rows) and returns one record
@@ -94,6 +98,10 @@ class SisaRun:
         lock_timeout: float | None = None,
         secret: bytes | None = None,
         purgers: Sequence[Purger] = (),
+        encoder: nn.Module | None = None,
+        inputs: Inputs | None = None,
+        non_deletable: np.ndarray | None = None,
+        non_deletable_reason: str = "",
     ) -> None:
         """Open or create a run.
 
@@ -112,6 +120,14 @@ class SisaRun:
                 key. Give the secret of another run to reproduce its assignment (an exactness
                 check, disaster recovery); an existing run refuses a different one.
             purgers: destroy what lives outside the store and saw a request's ids (see Purger).
+            encoder: a frozen module (a pretrained backbone, `sisa.trainable = "head"`) whose outputs
+                for a sample are what the constituents take; prediction runs it once for all of them.
+            inputs: what the constituents train on for the retained ids (see Inputs), when it is not
+                `table` itself; default: `table`, or with an encoder its features, computed in memory.
+                Asked once the run is open; it must hold every retained id, with its label.
+            non_deletable: ids a request may never name (e.g. the public data a frozen backbone was
+                trained on: deleting them would need a new backbone); such a request is refused whole.
+            non_deletable_reason: why they cannot be deleted, for the refusal.
 
         Raises:
             ConfigMismatchError: run_dir was made with another fingerprint.
@@ -123,6 +139,10 @@ class SisaRun:
         self.lock_timeout = lock_timeout
         self.purgers = list(purgers)
         self._thread_lock, self._lock_depth = threading.RLock(), 0
+        self.encoder = encoder.eval() if encoder is not None else None
+        self._inputs = inputs
+        self.non_deletable = np.unique(np.asarray(non_deletable if non_deletable is not None else [], np.int64))
+        self.non_deletable_reason = non_deletable_reason
         new_dir = not self.run_dir.exists()
         _prepare_dir(self.run_dir)
         try:
@@ -132,13 +152,28 @@ class SisaRun:
                 self.store = CheckpointStore(resolve_store(self.run_dir, manifest["store"]))
                 self.ledger = Ledger(self.run_dir / "ledger.jsonl", self._secret, self.run_id)
                 self._check_bindings()
+                # Under the lock: the inputs may be extracted and stored (a backbone's features).
+                training_inputs = self._training_inputs()
         except BaseException:
             if new_dir:  # a run that could not be made leaves nothing behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         self._hashes = assignment_hashes(table.ids, self._secret)  # (n,) keyed hash of every table id
-        self.trainer = ShardTrainer(table, model_factory, config, self.store, fingerprint, seed)
+        self.trainer = ShardTrainer(training_inputs, model_factory, config, self.store, fingerprint, seed)
         self.executor = executor or self._run_here
+
+    def _training_inputs(self) -> SampleTable:
+        """What the constituents train on: `table`, or the encoded (e.g. backbone features of the) retained samples."""
+        if self._inputs is None and self.encoder is None:
+            return self.table
+        retained = self.retained_ids()
+        inputs = self._inputs(retained) if self._inputs is not None else encode(self.encoder, self.table, retained)
+        missing = np.setdiff1d(retained, inputs.ids, assume_unique=True)
+        if missing.size:
+            raise SisaError(f"the training inputs lack {missing.size} retained sample(s), e.g. {missing[:5].tolist()}")
+        if not np.array_equal(inputs.labels[inputs.positions(retained)], self.table.labels[self.table.positions(retained)]):
+            raise SisaError("the training inputs' labels differ from the training data's")
+        return inputs
 
     # -- creation and binding ----------------------------------------------------------------
     def _open_or_create(self, store_uri: str | None, secret: bytes | None) -> tuple[dict[str, Any], bytes]:
@@ -287,9 +322,17 @@ class SisaRun:
         """Check a request without recording it; returns its ids sorted.
 
         Raises:
-            InvalidRequestError: empty, non-integer, negative, duplicate, unknown or already deleted ids.
+            InvalidRequestError: empty, non-integer, negative, duplicate, unknown, already deleted or
+                non-deletable ids.
         """
-        return validate_request(sample_ids, self.table.ids, self.ledger.requests())
+        ids = validate_request(sample_ids, self.table.ids, self.ledger.requests())
+        refused = np.intersect1d(ids, self.non_deletable, assume_unique=True)
+        if refused.size:
+            shown = self.table.keys_of(refused[:10]).to_pylist()
+            more = f" and {refused.size - 10} more" if refused.size > 10 else ""
+            raise InvalidRequestError(f"id(s) {shown}{more} cannot be deleted: "
+                                      f"{self.non_deletable_reason or 'the run declares them non-deletable'}")
+        return ids
 
     def submit(self, sample_ids: Sequence[int] | np.ndarray, reason: str = "") -> str:
         """Validate a request and record it in the ledger, pending, without serving it; returns its id.
@@ -389,18 +432,32 @@ class SisaRun:
                 state = self.store.load(job.shard, plan.num_slices - 1, key)
             except CheckpointMissingError:
                 raise SisaError(f"shard {job.shard} has no trained model yet; train the run first") from None
-            model = self.trainer.new_model(job.shard)
-            model.load_state_dict(state["model"])
-            models.append((job.shard, model.eval()))
+            models.append((job.shard, self.trainer.load_model(job.shard, state).eval()))
         if not models:
             raise SisaError("the ensemble has no constituent left: every training sample was deleted")
         return models
 
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Constituent outputs for inputs x, shape (models, samples, classes)."""
+    def predictor(self, batch_size: int = 1024) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function of inputs x giving the constituent outputs (models, samples, classes), with the
+        constituents loaded (and verified) once: what a service keeps between requests.
+
+        With an encoder it runs once on x and every constituent on its outputs. It holds the ensemble
+        as it is now: make a new one after a deletion.
+        """
         models = [m for _, m in self.constituents()]
-        return torch.stack([torch.cat([m(b) for b in x.split(batch_size)]) for m in models])
+        encoder = self.encoder
+
+        @torch.no_grad()
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            if encoder is not None:
+                x = encode_inputs(encoder, x, fixed_batches=False)  # (samples, *features): one backbone pass
+            return torch.stack([torch.cat([m(b) for b in x.split(batch_size)]) for m in models])
+
+        return logits
+
+    def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Constituent outputs for inputs x, shape (models, samples, classes); see `predictor`."""
+        return self.predictor(batch_size)(x)
 
     def predict(self, x: torch.Tensor, how: str | None = None) -> torch.Tensor:
         """Ensemble labels (samples,) by `how` ('vote' or 'mean'; default the config's)."""
@@ -414,7 +471,8 @@ class SisaRun:
         """
         retained = self.table.take(self.retained_ids())
         return SisaRun(run_dir, retained, self.trainer.model_factory, self.config, self.seed, self.fingerprint,
-                       executor=executor, lock_timeout=self.lock_timeout, secret=self._secret)
+                       executor=executor, lock_timeout=self.lock_timeout, secret=self._secret, encoder=self.encoder,
+                       non_deletable=self.non_deletable, non_deletable_reason=self.non_deletable_reason)
 
 
 def _prepare_dir(run_dir: Path) -> None:

@@ -24,6 +24,7 @@ from sisa.augment import crop_flip, draw_views
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
 from sisa.errors import CheckpointCorruptError, CheckpointMissingError
+from sisa.frozen import check_constituent, load_trainable, trainable_parameters, trainable_state
 from sisa.plan import slice_keys
 from sisa.seeding import generator, seeded
 from sisa.store import CheckpointStore
@@ -135,15 +136,26 @@ class ShardTrainer:
         self.on_batch = on_batch
 
     def new_model(self, shard: int) -> nn.Module:
-        """The shard's initial model: a pure function of (seed, shard)."""
+        """The shard's initial model: a pure function of (seed, shard).
+
+        Raises:
+            ValueError: the model does not fit `sisa.trainable` (see sisa.frozen.check_constituent).
+        """
         with seeded(self.seed, "init", shard):
-            return self.model_factory()
+            model = self.model_factory()
+        check_constituent(self.config.trainable, model)
+        return model
+
+    def load_model(self, shard: int, state: dict) -> nn.Module:
+        """The shard's model with a checkpoint's trained weights over its frozen parts (see sisa.frozen)."""
+        return load_trainable(self.new_model(shard), state["model"])
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config
+        params = trainable_parameters(model)  # frozen backbone weights never enter the optimizer
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.momentum, c.beta2), weight_decay=c.weight_decay)
-        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.AdamW(params, lr=c.lr, betas=(c.momentum, c.beta2), weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _resume_point(self, job: ShardJob, keys: list[str]) -> tuple[int, dict | None]:
         """Deepest slice whose checkpoint exists and verifies; corrupt ones are removed and skipped."""
@@ -168,7 +180,7 @@ class ShardTrainer:
         model = self.new_model(job.shard).to(device)
         optimizer = self._optimizer(model)
         if state is not None:
-            model.load_state_dict(state["model"])
+            load_trainable(model, state["model"])
             optimizer.load_state_dict(state["optimizer"])
         seen = np.concatenate(job.slice_ids[: start + 1]) if start >= 0 else np.zeros(0, np.int64)
         with deterministic():
@@ -185,7 +197,7 @@ class ShardTrainer:
 
     def _state(self, model: nn.Module, optimizer: torch.optim.Optimizer, shard: int, slice_: int,
                num_samples: int) -> dict:
-        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        state = {"model": trainable_state(model),  # the whole state dict, less any frozen part
                  "counters": {"shard": shard, "slice": slice_, "num_samples": num_samples}}
         # Training only ever resumes from a slice before the last, so the last slice's checkpoint
         # (read to predict) does without the optimizer state, as large again as the model.

@@ -77,3 +77,32 @@ def test_tuning_benchmark_quick_mode_compares_default_and_tuned_benches(tmp_path
     assert f"tuned hyperparameters from {tmp_path / 'tuned' / 'digits-mlp-random'}: finetune (3 trials), " \
            "gradient_ascent (3 trials)" in header
     assert "| finetune |" in (tmp_path / "tuning-digits-random-quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_frozen_benchmark_quick_mode_compares_every_mode_and_times_the_command(tmp_path):
+    from benchmarks import frozen
+    from orchestration.config import DataConfig
+    from orchestration.datasets import load_dataset
+    from orchestration.public import public_ids
+
+    frozen.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    digits = json.loads((tmp_path / "frozen-quick.json").read_text())["workloads"]["digits"]
+    config = DataConfig(name="digits", public_fraction=0.5)
+    public = public_ids(config, load_dataset(config)[0])
+    assert digits["public"] == len(public) and digits["pretrain"]["backbone_bytes"] > 0
+    points = {(p["mode"], p["shards"]): p for p in digits["points"]}
+    assert list(points) == [(mode, s) for mode in ("full", "head", "adapter") for s in (2, 4)]
+    mono = digits["monolithic"]
+    for (mode, _), point in points.items():
+        deletion = point["deletion"]
+        assert len(deletion["forget_s"]) == 1 and deletion["ids"][0] not in public, "only deletable samples are deleted"
+        assert 0 < deletion["samples_epochs"][0] < mono["samples_epochs"]
+        assert (point["features_bytes"] > 0) == (mode == "head") and 0 <= point["acc_vote"] <= 1
+        assert deletion["speedup"] == pytest.approx(mono["median_s"] / deletion["median_s"])
+    for shards in (2, 4):  # checkpoints of heads and adapters hold far fewer weights than the full network's
+        assert points[("head", shards)]["store_bytes"] < points[("adapter", shards)]["store_bytes"] < \
+            points[("full", shards)]["store_bytes"]
+    e2e = digits["end_to_end"]
+    assert (e2e["mode"], e2e["shards"]) == ("head", 4) and e2e["median_s"] > e2e["in_process_median_s"] > 0
+    assert e2e["breakdown"]["retrain the affected slices"] > 0 and e2e["breakdown"]["purge stored feature rows"] > 0

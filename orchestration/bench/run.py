@@ -67,6 +67,9 @@ def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fano
     """
     bench = config.bench
     methods = protocol.create_methods(bench)  # bad names or parameters fail before any training
+    if config.sisa.trainable != "all":
+        raise ValueError("unlearn bench compares methods that unlearn full networks (sisa.trainable = all); for "
+                         "heads and adapters on a frozen backbone see `python -m benchmarks.frozen`")
     fanout = fanout or make_fanout(config)
     train, test = load_dataset(config.data)
     # absolute: Ray workers do not share this process's working directory

@@ -1,6 +1,7 @@
-"""Seeded, id-keyed choices of samples: the test hold-out of file data sets and the `train_limit` subset.
+"""Seeded, id-keyed choices of samples: the test hold-out of file data sets, the `train_limit` subset and the
+public share (`public_fraction`) of the training data.
 
-Both are part of the data set's definition, so they use `data.subset_seed`, never the run's seed:
+All are part of the data set's definition, so they use `data.subset_seed`, never the run's seed:
 every model seed trains on the same samples. Both rank samples by a hash of (subset_seed, sample_id)
 rather than by their position in the files, so reordering the files changes nothing, and removing
 rows from them moves no other sample between train and test.
@@ -24,9 +25,10 @@ def id_hash(sample_ids: np.ndarray, seed: int, purpose: str) -> np.ndarray:
         return (z ^ (z >> np.uint64(31))) & _MASK
 
 
-def holdout(sample_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the ids held out for testing: each with probability `fraction`, decided by its hash alone."""
-    return id_hash(sample_ids, seed, "test") < np.uint64(fraction * 2.0**64)
+def holdout(sample_ids: np.ndarray, fraction: float, seed: int, purpose: str = "test") -> np.ndarray:
+    """Boolean mask of the ids chosen for `purpose` ('test': held out for testing; 'public': declared public),
+    each with probability `fraction`, decided by its hash alone."""
+    return id_hash(sample_ids, seed, purpose) < np.uint64(fraction * 2.0**64)
 
 
 def stratified_subset(sample_ids: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from orchestration.audit import certificate
 from orchestration.cli import main
 from orchestration.datasets.cache import cached_ids, purged_rows, train_cache_file
 from orchestration.runs import open_session
+from sisa.ledger import ids_digest_hex
 from tests.conftest import LOCAL
 
 SETTINGS = ["--engine", "local", "--no-track", "--set", "sisa.num_shards=2", "--set", "sisa.num_slices=2",
@@ -56,3 +58,29 @@ def test_the_audit_finds_deleted_rows_left_in_the_cache(tmp_path):
     session.run.forget(session.run.table.ids[:1])
     report = certificate(open_session(tmp_path / "a", flags=LOCAL))
     assert not report["clean"] and any(f.startswith("cache:") and "1 deleted sample" in f for f in report["findings"])
+
+
+def test_a_frozen_backbone_run_reads_the_sources_when_another_run_purged_one_of_its_public_rows(tmp_path):
+    """Run a declares nothing public and deletes a sample run b declares public: b's public ids (bound
+    into its fingerprint and named by its pretrained backbone) must still be computed over every sample."""
+    source = _data(tmp_path)
+    data = [*source, "--set", "data.public_fraction=0.3"]
+    backbone = tmp_path / "backbone.pt"
+    assert main(["pretrain", "--out", str(backbone), "--set", "pretrain.epochs=2", *SETTINGS[2:], *data]) == 0
+    frozen = [*SETTINGS, *data, "--set", f"model.backbone={backbone}", "--set", "sisa.trainable=head"]
+    assert main(["train", "--run-dir", str(tmp_path / "b"), *frozen]) == 0
+    assert main(["train", "--run-dir", str(tmp_path / "a"), *SETTINGS, *source]) == 0
+    b = open_session(tmp_path / "b", flags=LOCAL)
+    public = b.run.non_deletable[:2]
+    a = open_session(tmp_path / "a", flags=LOCAL)
+    a.run.forget(public)  # public in b only
+    cache = train_cache_file(a.config.data)
+    assert cache is not None and not np.isin(public, cached_ids(cache)).any()
+
+    b = open_session(tmp_path / "b", flags=LOCAL)
+
+    assert np.isin(public, b.run.non_deletable).all() and np.isin(public, b.run.retained_ids()).all()
+    assert certificate(b)["clean"]
+    again = tmp_path / "again.pt"  # pretraining again also learns from every public sample
+    assert main(["pretrain", "--out", str(again), "--set", "pretrain.epochs=2", *SETTINGS[2:], *data]) == 0
+    assert torch.load(again, weights_only=True)["public"]["sha256"] == ids_digest_hex(b.run.non_deletable)

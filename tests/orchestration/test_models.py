@@ -10,7 +10,7 @@ import torch
 
 from orchestration.cli import main
 from orchestration.config import ModelConfig
-from orchestration.models import MODELS, build_model
+from orchestration.models import MODELS, build_head, build_model
 from orchestration.runs import open_session
 
 
@@ -30,6 +30,14 @@ def test_resnet18_has_the_cifar_stem_and_11m_parameters():
 def test_resnet20_has_0_27m_parameters():
     model = build_model(ModelConfig(name="resnet20"), (3, 32, 32), 10)
     assert 0.26e6 < sum(p.numel() for p in model.parameters()) < 0.28e6
+
+
+@pytest.mark.parametrize(("head", "parameters"), [("linear", 32 * 10 + 10), ("mlp", 32 * 16 + 16 + 16 * 10 + 10)])
+def test_head_on_backbone_features_outputs_one_logit_per_class(head, parameters):
+    """Features (2, 2, 16), flattened to 32: linear 32x10 + 10 bias; mlp 32x16 + 16, then 16x10 + 10."""
+    model = build_head(ModelConfig(head=head, head_hidden=16), (2, 16), 10)
+    assert model(torch.zeros(3, 2, 16)).shape == (3, 10)
+    assert sum(p.numel() for p in model.parameters()) == parameters
 
 
 def test_unknown_model_and_non_image_input_are_rejected():

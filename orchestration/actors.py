@@ -53,7 +53,7 @@ class ShardWorker:
 
     def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
                  num_classes: int | None = None, fingerprint: str | None = None) -> None:
-        torch.set_num_threads(max(1, round(config.ray.num_cpus_per_shard)))
+        torch.set_num_threads(config.ray.shard_threads())
         self.config, self.store_uri, self.fault, self.num_classes = config, store_uri, fault, num_classes
         self.fingerprint = fingerprint or config.fingerprint()
         self._trainer: ShardTrainer | None = None
@@ -83,3 +83,17 @@ class ShardWorker:
     def ready(self) -> bool:
         """Returns once the worker is constructed."""
         return True
+
+    def warm_up(self, train: SampleTable | None = None, backbone: Backbone | None = None) -> None:
+        """Build the trainer and take one throwaway training step on a fresh model, writing nothing.
+
+        The first step a process takes imports parts of torch lazily (about 1.7 s); a service pays
+        it once here instead of in its first deletion.
+        """
+        trainer = self._trainer_for(train, backbone)
+        model = trainer.new_model(0)
+        x, y = trainer.table.tensors(trainer.table.ids[:2])  # two samples: batch norm needs more than one
+        loss = torch.nn.functional.cross_entropy(model.train()(x), y)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+        loss.backward()
+        optimizer.step()

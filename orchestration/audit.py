@@ -1,8 +1,9 @@
 """`unlearn audit`: the deletion certificate of a run.
 
 It looks everywhere the project keeps something derived from the training data (the checkpoint
-store, the backbone features stored in the run directory, the derived models in the run directory,
-the decoded data cache, the MLflow model versions the run published)
+store, the backbone features stored in the run directory, the derived models and the cached
+test-set outputs in the run directory, the decoded data cache, the MLflow model versions the run
+published)
 for anything that saw a deleted sample, and lists per request what was retrained and what was
 destroyed. Opening the run already verified its ledger (the MAC chain and the store's anchor)
 and its data digest. Optionally it trains the run again from scratch on the retained data with
@@ -23,6 +24,7 @@ import torch
 from orchestration.datasets.cache import cached_ids, train_cache_file
 from orchestration.derived import stale_derived
 from orchestration.features import feature_files, feature_findings
+from orchestration.outputs_cache import stale_outputs
 from orchestration.registry import live_versions, published, readable_artifacts
 from orchestration.runs import Session, open_run
 from sisa.ledger import Request, ids_digest_hex
@@ -108,6 +110,8 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
     findings += _store_findings(session, deleted)
     findings += feature_findings(run.run_dir, deleted)
     findings += [f"run dir: derived model {path} was built before a deletion" for path in stale_derived(run)]
+    findings += [f"outputs cache: {path} holds test-set outputs of a model that is no longer a constituent (it saw "
+                 "a deleted sample)" for path in stale_outputs(run)]
     findings += _cache_findings(session, deleted)
     findings += _mlflow_findings(session)
     if retrain_dir is not None:
@@ -119,6 +123,6 @@ def certificate(session: Session, request_id: str | None = None, retrain_dir: Pa
         "ledger": {"records": run.ledger.verify(), "head": run.ledger.head, "verified": True},
         "data_digest": run.ledger.data_digest(), "deleted_ids": int(len(deleted)),
         "checked": ["ledger", "store"] + (["features"] if feature_files(run.run_dir) else [])
-        + ["run dir", "data cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
+        + ["run dir", "outputs cache", "data cache", "mlflow"] + (["retrain"] if retrain_dir is not None else []),
         "clean": not findings, "findings": findings, "requests": [_request_entry(r) for r in shown],
     }

@@ -1,4 +1,4 @@
-"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, tune, audit, pretrain."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, tune, audit, pretrain, serve."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ import json
 import logging
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm import tqdm
 
 import approx
 from approx.registry import method_class, parameter_docs, parameters
-from orchestration import commands
+from orchestration import commands, timings
 from orchestration.audit import certificate
 from orchestration.bench import tuned
 from orchestration.bench.protocol import create_methods
@@ -26,7 +28,7 @@ from orchestration.bench.tune import searched, tune_table
 from orchestration.config import RunConfig, load_config
 from orchestration.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
-from orchestration.runs import Session, open_session
+from orchestration.runs import Session, open_session, resolve_config
 from orchestration.status import describe
 from orchestration.tracking import make_tracker
 from sisa import InvalidRequestError, PendingRequestError, SisaError, SliceReport, aggregate
@@ -82,8 +84,13 @@ def _flags(args: argparse.Namespace) -> list[str]:
 
 
 def _session(args: argparse.Namespace, create: bool = False, trains: bool = True) -> Session:
-    return open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
-                        lock_timeout=args.lock_timeout, flags=_flags(args), trains=trains)
+    session = open_session(args.run_dir, getattr(args, "config", None), _settings(args), create=create,
+                           lock_timeout=args.lock_timeout, flags=_flags(args), trains=trains)
+    # Torch's default of one thread per core collapses when another process shares the cores (threads
+    # wait at every operation's barrier for the one that was descheduled); the run's count does not,
+    # and matches the shard actors', so both engines train the same bits. main() restores the default.
+    torch.set_num_threads(session.config.ray.command_threads())
+    return session
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -251,6 +258,14 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print(f"unlearned model(s) written to {report.saved_to} (the exact SISA checkpoints are unchanged)")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestration.serve.launch import serve_forever
+
+    flags = _flags(args) + [f"serve.{key}={getattr(args, key)}" for key in ("host", "port") if getattr(args, key)]
+    config, _ = resolve_config(Path(args.run_dir), None, _settings(args), create=False, flags=flags)
+    return serve_forever(Path(args.run_dir), config)
+
+
 def quick(config: RunConfig) -> RunConfig:
     """`--quick`: the same bench shrunk for CI: 8 models a side, at most 500 training samples (fewer
     samples also make the originals memorise more), 2 cost-curve requests."""
@@ -367,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        p.add_argument("--timings", action="store_true", help="print where the command's time went")
         return p
 
     train = command("train", "Train (or resume training) a SISA ensemble.")
@@ -459,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     pretrain.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     pretrain.set_defaults(func=cmd_pretrain)
+    serve = command("serve", "Serve predictions and deletion requests over HTTP (Ray Serve) until stopped.")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -483,11 +503,19 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # never imported by commands that do not use it
+    return ray is not None and ray.is_initialized()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `unlearn` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, recorded by `tune`
     _configure_logging()
+    timings.reset()
+    began, startup, threads = time.perf_counter(), timings.process_age(), torch.get_num_threads()
+    connected = _ray_connected()
     try:
         return args.func(args) or 0
     except PendingRequestError as err:
@@ -498,6 +526,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: an unfinished deletion stays pending in the ledger and is finished by the next command "
               "on the run (or `unlearn forget --resume`)", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
+        if not connected and _ray_connected():
+            # Stop (or leave) the cluster this command started now rather than at exit, so that
+            # --timings counts it.
+            with timings.phase("ray stop"):
+                sys.modules["ray"].shutdown()
+        if getattr(args, "timings", False):
+            parts = timings.breakdown(time.perf_counter() - began, startup)
+            total = parts.pop("total")
+            print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()) + f"; total {total:.2f} s",
+                  file=sys.stderr)
     return 2
 
 

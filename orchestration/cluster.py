@@ -1,7 +1,13 @@
 """Ray: start or join a cluster, run shard jobs on ShardWorker actors, turn failures into own errors.
 
-Actors are created once per command and reused for every shard they are given; a shard job
-whose actor dies is retried on the restarted actor and resumes from its last slice checkpoint.
+Actors are created when the first job needs them (or by `warm_up`, for a service) and reused for
+every shard they are given while the executor lives; a shard job whose actor dies is retried on
+the restarted actor and resumes from its last slice checkpoint.
+
+A new local cluster starts Ray's own processes, whatever the command uses: the GCS, the raylet
+with its dashboard and runtime-env agents, the log monitor, the autoscaler monitor and the API
+server (which Ray starts even with the dashboard UI off; `ray.init` has no switch for it).
+Joining a running cluster (`--address`) starts none of them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from orchestration.actors import FaultSpec, ShardWorker
 from orchestration.backbone import Backbone
 from orchestration.config import RunConfig
 from orchestration.datasets import cache_dir
+from orchestration.timings import phase
 from sisa import SampleTable, ShardJob, ShardReport, SisaError
 from sisa.ensemble import OnSlice
 
@@ -38,8 +45,9 @@ def ensure_ray(address: str = "", num_cpus: int | None = None):  # noqa: ANN201 
 
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or ""
-        ray.init(address=target or "local", num_cpus=None if target else num_cpus, include_dashboard=False,
-                 log_to_driver=True, logging_level=logging.WARNING)
+        with phase("ray start"):
+            ray.init(address=target or "local", num_cpus=None if target else num_cpus, include_dashboard=False,
+                     log_to_driver=True, logging_level=logging.WARNING)
         cpus = int(ray.cluster_resources().get("CPU", 0))
         log.info("ray: %s (%d CPUs)", f"joined the cluster at {target}" if target else "started a local cluster", cpus)
     return ray
@@ -89,15 +97,29 @@ class RayExecutor:
             self.ray.kill(actor)
         self._actors.clear()
 
-    def _actor(self, index: int):  # noqa: ANN202 - a Ray actor handle
-        while len(self._actors) <= index:
+    def _start_actors(self, count: int) -> None:
+        """Have `count` actors running (started ones are kept), and wait until the new ones are up."""
+        if len(self._actors) >= count:
+            return
+        with phase("actor start"):
             r = self.config.ray
             remote = self.ray.remote(ShardWorker).options(
                 num_cpus=r.num_cpus_per_shard, num_gpus=r.num_gpus_per_shard, max_restarts=r.max_retries,
                 max_task_retries=r.max_retries,
             )
-            self._actors.append(remote.remote(self.config, self.store_uri, self.fault, self.num_classes, self.fingerprint))
-        return self._actors[index]
+            new = [remote.remote(self.config, self.store_uri, self.fault, self.num_classes, self.fingerprint)
+                   for _ in range(count - len(self._actors))]
+            self._actors += new
+            self.ray.get([actor.ready.remote() for actor in new])
+
+    def warm_up(self) -> int:
+        """Start the whole pool now and run one throwaway training step on every actor, so that
+        later jobs pay neither actor start nor torch's lazy first-step imports; returns the pool size."""
+        size = self.pool_size()
+        self._start_actors(size)
+        with phase("actor start"):
+            self.ray.get([actor.warm_up.remote(self._train_ref(), self._backbone_ref()) for actor in self._actors])
+        return size
 
     def _train_ref(self):  # noqa: ANN202 - an ObjectRef
         # Put once; every job names it, so every actor maps the same copy. It travels with each
@@ -119,16 +141,24 @@ class RayExecutor:
         A job whose actor dies is retried by Ray on the restarted actor (max_restarts and
         max_task_retries are both `ray.max_retries`) and resumes from its last slice checkpoint.
         """
+        if not jobs:
+            return []  # nothing to train: no cluster to start
+        pending, idle = deque(jobs), list(range(min(self.pool_size(), len(jobs))))
+        self._start_actors(len(idle))
+        with phase("retraining"):
+            return self._run(pending, idle, on_slice)
+
+    def _run(self, pending: deque, idle: list[int], on_slice: OnSlice) -> list[ShardReport]:
         from ray.exceptions import RayActorError, RayTaskError
 
-        pending, idle = deque(jobs), list(range(min(self.pool_size(), len(jobs))))
+        order = [job.shard for job in pending]
         in_flight: dict = {}
         reports: dict[int, ShardReport] = {}
         failed: tuple[int, BaseException] | None = None
         while in_flight or (pending and failed is None):
             while pending and idle and failed is None:
                 index, job = idle.pop(), pending.popleft()
-                ref = self._actor(index).train.remote(job, self._train_ref(), self._backbone_ref())
+                ref = self._actors[index].train.remote(job, self._train_ref(), self._backbone_ref())
                 in_flight[ref] = (index, job)
             [ref], _ = self.ray.wait(list(in_flight), num_returns=1)
             index, job = in_flight.pop(ref)
@@ -150,4 +180,4 @@ class RayExecutor:
                 f"{str(err).splitlines()[0] if str(err) else ''}. Its finished slices are checkpointed and any "
                 "request stays pending in the ledger: rerun the command to complete the work."
             )
-        return [reports[job.shard] for job in jobs]
+        return [reports[shard] for shard in order]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from orchestration.pretrain import pretrain as pretrain_backbone
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
+from orchestration.timings import phase
 from orchestration.tracking import Tracker, log_shard_runs, scratch_dir, write_json
 from sisa import DeletionReport, ShardReport
 from sisa.ensemble import OnSlice
@@ -37,16 +40,17 @@ from sisa.ledger import ids_digest_hex
 log = logging.getLogger(__name__)
 
 
-def export_ensemble(session: Session, folder: Path) -> Path:
+def export_ensemble(session: Session, folder: Path, keys: Mapping[int, str] | None = None) -> Path:
     """Write the constituents' weights (tensors only), the config and metadata for the pyfunc model.
 
+    `keys` names the ensemble version (shard -> final checkpoint key); default the current one.
     With a frozen backbone, its weights are written once (`backbone.pt`) and each constituent's file
     holds only what it trained (a head, or adapters and a head). The example input is zeros of the
     input shape: no sample, training or test, leaves the run.
     """
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    for number, (_, model) in enumerate(session.run.constituents()):
+    for number, (_, model) in enumerate(session.run.constituents(keys)):
         names.append(f"constituent-{number:03d}.pt")
         torch.save(trainable_state(model), folder / names[-1])
     session.config.save(folder / "config.toml")
@@ -61,9 +65,24 @@ def export_ensemble(session: Session, folder: Path) -> Path:
     return folder
 
 
-def _parent(tracker: Tracker, session: Session, command: str, extra: dict[str, Any] | None = None) -> Any:
+@contextmanager
+def _parent(tracker: Tracker, session: Session, command: str, extra: dict[str, Any] | None = None,
+            tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """The command's parent run; opening and closing it count as MLflow time."""
     params = {**session.config.flat(), **(extra or {})}
-    return tracker.run(command, params=params, tags={"command": command, "run_dir": str(session.run.run_dir.resolve())})
+    run = tracker.run(command, params=params,
+                      tags={"command": command, "run_dir": str(session.run.run_dir.resolve()), **(tags or {})})
+    with phase("mlflow"):
+        active = run.__enter__()
+    try:
+        yield active
+    except BaseException:
+        with phase("mlflow"):
+            if not run.__exit__(*sys.exc_info()):
+                raise
+    else:
+        with phase("mlflow"):
+            run.__exit__(None, None, None)
 
 
 def _common_artifacts(tracker: Tracker, session: Session) -> None:
@@ -75,11 +94,12 @@ def _common_artifacts(tracker: Tracker, session: Session) -> None:
     tracker.log_artifact(session.run.run_dir / "config.toml")
 
 
-def _publish(tracker: Tracker, session: Session, tags: dict[str, str]) -> str | None:
-    """Log and register the ensemble, and record the version with the run (so a deletion finds it)."""
+def _publish(tracker: Tracker, session: Session, tags: dict[str, str], keys: Mapping[int, str] | None = None) -> str | None:
+    """Log and register the ensemble (version `keys`, default the current one), and record the
+    version with the run (so a deletion finds it)."""
     run = session.run
-    with scratch_dir() as tmp:
-        entry = tracker.log_model(export_ensemble(session, Path(tmp) / "ensemble"),
+    with phase("mlflow"), scratch_dir() as tmp:
+        entry = tracker.log_model(export_ensemble(session, Path(tmp) / "ensemble", keys),
                                   model_name(run, session.config.tracking.model_name), {**tags, RUN_TAG: run.run_id})
     if entry is None:
         return None
@@ -88,8 +108,9 @@ def _publish(tracker: Tracker, session: Session, tags: dict[str, str]) -> str | 
     return entry["uri"]
 
 
-def _ensemble_metrics(session: Session, reports: list[ShardReport], seconds: float) -> dict[str, float]:
-    test = accuracies(session)
+def _ensemble_metrics(session: Session, reports: list[ShardReport], seconds: float,
+                      keys: Mapping[int, str] | None = None) -> dict[str, float]:
+    test = accuracies(session, keys)
     return {"test/acc": test[session.config.sisa.aggregation], "test/acc_vote": test["vote"],
             "test/acc_mean": test["mean"],
             "time/wall_s": seconds, "time/train_s": sum(r.seconds for r in reports),
@@ -136,18 +157,37 @@ def forget(session: Session, tracker: Tracker, sample_ids: list[int] | np.ndarra
                 reports = [report for report in [run.serve_pending(on_slice)] if report is not None]
             else:
                 reports = [run.forget(sample_ids, reason=reason, on_slice=on_slice)]
-            shard_reports = [r for report in reports for r in report.shards]
-            log_shard_runs(tracker, shard_reports)
-            metrics = _ensemble_metrics(session, shard_reports, time.perf_counter() - began)
-            metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
-            tracker.log_metrics(metrics)
-            for report in reports:
-                tracker.log_dict(request_summary(report), f"requests/{'+'.join(report.request_ids)}.json")
-            _common_artifacts(tracker, session)
-            uri = _publish(tracker, session, {"command": "forget", "request_id": reports[-1].request_id})
-            if uri is not None:
-                run.record_version(reports[-1].request_id, uri)
+            metrics, _ = _log_deletion(tracker, session, reports, began, {"command": "forget"})
     return reports, metrics
+
+
+def track_deletion(session: Session, tracker: Tracker, report: DeletionReport, began: float,
+                   keys: Mapping[int, str], tags: dict[str, str]) -> tuple[dict[str, float], str | None]:
+    """Track requests served elsewhere (a service) as `forget` does, one parent run, and register the
+    ensemble version `keys` they made; returns the metrics and the registered model's URI (None
+    when nothing was published)."""
+    with _parent(tracker, session, "forget", {"request.num_ids": len(report.sample_ids)}, tags):
+        return _log_deletion(tracker, session, [report], began, tags, keys)
+
+
+def _log_deletion(tracker: Tracker, session: Session, reports: list[DeletionReport], began: float,
+                  tags: dict[str, str], keys: Mapping[int, str] | None = None) -> tuple[dict[str, float], str | None]:
+    """Inside the parent run: shard runs, metrics, request summaries, artifacts, and the new model version."""
+    run = session.run
+    shard_reports = [r for report in reports for r in report.shards]
+    with phase("mlflow"):
+        log_shard_runs(tracker, shard_reports)
+    metrics = _ensemble_metrics(session, shard_reports, time.perf_counter() - began, keys)
+    metrics["time/unlearn_s"] = sum(r.seconds for r in reports)
+    with phase("mlflow"):
+        tracker.log_metrics(metrics)
+        for report in reports:
+            tracker.log_dict(request_summary(report), f"requests/{'+'.join(report.request_ids)}.json")
+        _common_artifacts(tracker, session)
+    uri = _publish(tracker, session, {**tags, "request_id": reports[-1].request_id}, keys)
+    if uri is not None:
+        run.record_version(reports[-1].request_id, uri)
+    return metrics, uri
 
 
 def request_summary(report: DeletionReport) -> dict[str, Any]:

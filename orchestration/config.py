@@ -122,12 +122,26 @@ class RayConfig:
     (and at most one actor per shard)."""
     max_retries: int = 3
     """Times a shard is retried (its actor restarted) before the command fails."""
+    driver_threads: int = 0
+    """Torch threads of a command's own process (the in-process engine, evaluation, approximate methods);
+    0 means the shard actors' count, round(num_cpus_per_shard) and at least 1, so both engines train
+    bit-identical weights and neither oversubscribes cores another process is using."""
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "local"):
             raise ValueError(f"ray.engine must be 'ray' or 'local', got {self.engine!r}")
-        if self.num_cpus_per_shard < 0 or self.num_gpus_per_shard < 0 or self.max_retries < 0 or self.max_workers < 0:
-            raise ValueError("ray.num_cpus_per_shard, num_gpus_per_shard, max_workers and max_retries must be >= 0")
+        if min(self.num_cpus_per_shard, self.num_gpus_per_shard, self.max_retries, self.max_workers,
+               self.driver_threads) < 0:
+            raise ValueError("ray.num_cpus_per_shard, num_gpus_per_shard, max_workers, max_retries and driver_threads "
+                             "must be >= 0")
+
+    def shard_threads(self) -> int:
+        """Torch threads of one shard's training: one per CPU it reserves, at least 1."""
+        return max(1, round(self.num_cpus_per_shard))
+
+    def command_threads(self) -> int:
+        """Torch threads of a command's own process (see driver_threads)."""
+        return self.driver_threads or self.shard_threads()
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,47 @@ class TrackingConfig:
     """MLflow experiment name."""
     model_name: str = ""
     """Registered model name of the ensemble; empty means 'unlearn-<run dir name>'."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The deletion-ready model service (`unlearn serve`): where it listens and how it batches deletions."""
+
+    host: str = "127.0.0.1"
+    """Interface the HTTP endpoint binds to; the default answers this machine only."""
+    port: int = 8000
+    """HTTP port."""
+    token_file: str = ""
+    """File holding the bearer token the deletion endpoints require; empty means $UNLEARN_TOKEN."""
+    replicas: int = 1
+    """Prediction replicas (each holds the whole ensemble)."""
+    replica_cpus: float = 0.0
+    """CPUs each prediction replica reserves; 0 leaves every reserved CPU to the shard actors, which retrain."""
+    max_inputs: int = 10000
+    """Most samples one prediction request may carry."""
+    batch_window_s: float = 0.5
+    """Seconds a deletion request waits, when the worker is idle, for others to share its retraining (0: none)."""
+    batch_max_requests: int = 0
+    """Most requests one retraining serves, oldest first (0: no limit); see full_cost_fraction."""
+    full_cost_fraction: float = 0.8
+    """When the pending requests together cost at least this share of retraining every shard, they are all
+    served at once: the window closes and batch_max_requests no longer applies."""
+    swap_timeout_s: float = 30.0
+    """Seconds between checks for replicas that have not acknowledged a new version (dead ones are dropped)."""
+    retry_after_s: float = 30.0
+    """Seconds before a failed retraining (a shard or MLflow that failed) is tried again."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"serve.port must be between 1 and 65535, got {self.port!r}")
+        if self.replicas < 1 or self.max_inputs < 1:
+            raise ValueError("serve.replicas and serve.max_inputs must be >= 1")
+        if self.batch_max_requests < 0 or self.replica_cpus < 0 or self.batch_window_s < 0:
+            raise ValueError("serve.batch_max_requests, replica_cpus and batch_window_s must be >= 0")
+        if not 0 < self.full_cost_fraction <= 1:
+            raise ValueError(f"serve.full_cost_fraction must be in (0, 1], got {self.full_cost_fraction!r}")
+        if not (self.swap_timeout_s > 0 and self.retry_after_s > 0):
+            raise ValueError("serve.swap_timeout_s and serve.retry_after_s must be > 0")
 
 
 SCENARIOS = ("random", "class", "stream", "hard")
@@ -236,7 +291,7 @@ class TuneConfig:
 
 NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "data.public_ids",
                 "model.backbone", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "tune.",
-                "pretrain.")
+                "pretrain.", "serve.")
 """Settings that never change trained weights: a run may change them between commands. (The contents behind
 data.public_ids and model.backbone do, and are bound to the run by their digests instead: see runs.py.)"""
 HEAD_SETTINGS = ("model.head", "model.head_hidden")
@@ -269,6 +324,8 @@ class RunConfig:
     """How `unlearn tune` searches each method's hyperparameters."""
     pretrain: SisaConfig = field(default_factory=lambda: SisaConfig(num_shards=1, num_slices=1, epochs=10))
     """The recipe `unlearn pretrain` trains the backbone with on the public data (one shard of one slice)."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """The model service."""
 
     def __post_init__(self) -> None:
         trainable = self.sisa.trainable

@@ -2,7 +2,8 @@
 
 Every model version a command registers in MLflow is recorded in `run_dir/published.jsonl`
 (tracking URI, registered name, version, logged model id, artifact location, and how many
-deletion requests the run had then). When a deletion request is served, every version published
+deletion requests the run had finished then: a request still pending may have ids the version saw,
+and makes it stale once it is done). When a deletion request is served, every version published
 before it is an ensemble that saw the deleted samples: its artifacts (the weights) are destroyed,
 its logged model is marked deleted, and the registry entry is kept as an audit trail, tagged
 `unlearn.destroyed_by = <request id>` with a description saying why. Loading it fails from then
@@ -52,9 +53,14 @@ def published(run_dir: Path) -> list[dict[str, Any]]:
 
 def record_published(run: SisaRun, entry: dict[str, Any]) -> None:
     """Append a published version (under the run's lock) before anything else refers to it."""
-    entry = {**entry, "requests": len(run.ledger.requests()), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entry = {**entry, "requests": finished_requests(run), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with open(run.run_dir / RECORD, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+def finished_requests(run: SisaRun) -> int:
+    """Requests of the run that are done (they are served in the order recorded)."""
+    return sum(1 for request in run.ledger.requests() if request.done is not None)
 
 
 def _client(tracking_uri: str) -> Any:
@@ -79,8 +85,8 @@ def destroy_published_versions(run: SisaRun, requests: list[Request]) -> list[di
     records = []
     served = ",".join(r.request_id for r in requests)
     for entry in published(run.run_dir):
-        client = _client(entry["tracking_uri"])
         try:
+            client = _client(entry["tracking_uri"])
             version = client.get_model_version(entry["name"], entry["version"])
             destroyed_by = version.tags.get(DESTROYED_TAG)
             if destroyed_by and destroyed_by != served:
@@ -105,7 +111,7 @@ def destroy_published_versions(run: SisaRun, requests: list[Request]) -> list[di
 def live_versions(run: SisaRun) -> list[dict[str, Any]]:
     """Published versions not destroyed (per the registry), with whether they predate a request."""
     live = []
-    requests = len(run.ledger.requests())
+    requests = finished_requests(run)
     for entry in published(run.run_dir):
         version = _client(entry["tracking_uri"]).get_model_version(entry["name"], entry["version"])
         if not version.tags.get(DESTROYED_TAG):

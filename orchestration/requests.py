@@ -45,6 +45,23 @@ def ids_from_text(text: str, table: SampleTable, separator: str = ",", history: 
     return lookup(table, keys, history or [])
 
 
+def ids_from_list(values: list, table: SampleTable, history: list[Request]) -> list | np.ndarray:
+    """The sample_ids of a request given as a JSON list (the service): integers for a data set with
+    integer ids (left to `SisaRun.submit`'s validation, which names bad ones), the data set's own
+    string ids otherwise, looked up, with repeated or already deleted ones refused by name."""
+    if table.keys is None:
+        return values
+    if not values:
+        raise InvalidRequestError("the request names no sample ids; give at least one")
+    wrong = [v for v in values if not isinstance(v, str)]
+    if wrong:
+        raise InvalidRequestError(f"this data set's ids are strings (e.g. {table.keys_of(table.ids[:1]).to_pylist()[0]!r}); "
+                                  f"got {wrong[:5]!r}")
+    ids = lookup(table, values, history)
+    check_new(table, ids, history)
+    return ids
+
+
 def lookup(table: SampleTable, keys: pa.Array | list[str], history: list[Request]) -> np.ndarray:
     """The sample_ids of string ids; ids a deletion already removed are named as such.
 

@@ -1,9 +1,9 @@
 """Open a run directory: resolve its config, load its data, and build the SisaRun on top.
 
 The SisaRun gets the purgers of everything the application derives from the training data
-outside the checkpoint store (stored backbone features, derived models in the run dir, published
-MLflow model versions, the rows of the project's decoded cache the command read the data from), so
-every deletion destroys them too, whichever command serves it.
+outside the checkpoint store (stored backbone features, derived models in the run dir, cached
+test-set outputs, published MLflow model versions, the rows of the project's decoded cache the
+command read the data from), so every deletion destroys them too, whichever command serves it.
 
 With a frozen backbone (`model.backbone`, `sisa.trainable = head | adapter`) the run is also bound
 to the backbone file (its sha256) and to its public data (the digest of the ids declared public),
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, trai
 from orchestration.derived import destroy_derived_models
 from orchestration.features import FeatureStore, destroy_feature_rows
 from orchestration.memory import check_fits
+from orchestration.outputs_cache import destroy_stale_outputs
 from orchestration.public import describe_public, public_ids, refusal_reason
 from orchestration.registry import destroy_published_versions
+from orchestration.timings import phase
 from sisa import SampleTable, SisaRun
 from sisa.config import fingerprint
 from sisa.ensemble import resolve_store
@@ -117,12 +120,18 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
     """
     run_dir = Path(run_dir)
     _check_device(config)
-    train, test = data or load_dataset(config.data)
-    # Only data this command read from the project's cache ties the run to that cache file.
-    cache_file = train_cache_file(config.data) if data is None else None
-    purgers = [destroy_derived_models, destroy_published_versions]
+    if data is None:
+        with phase("data load"):
+            data = load_dataset(config.data)
+        # Only data this command read from the project's cache ties the run to that cache file.
+        cache_file = train_cache_file(config.data)
+    else:
+        cache_file = None
+    train, test = data
+    purgers = [_timed(destroy_derived_models, "purge"), _timed(destroy_stale_outputs, "purge"),
+               _timed(destroy_published_versions, "mlflow")]
     if cache_file is not None:
-        purgers.append(functools.partial(purge_cached_rows, cache_file))
+        purgers.append(_timed(functools.partial(purge_cached_rows, cache_file), "purge"))
     try:
         session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
     except (RunBindingError, ConfigMismatchError, ValueError) as err:
@@ -136,7 +145,7 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         # The cached copy lacks rows another run's deletions purged, rows this run still holds.
         log.info("the cached copy of %s lacks rows deleted by another run; reading the source files instead",
                  config.data.name)
-        with bypassed():
+        with bypassed(), phase("data load"):
             train, test = load_dataset(config.data)
         session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
     if not (run_dir / CONFIG_FILE).exists():
@@ -160,7 +169,7 @@ def _session(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleT
     store_uri = resolve_store(run_dir, config.store or None)
     features = FeatureStore(run_dir, backbone, train) if trainable == "head" else None
     # Feature rows first: they are the derived data closest to the checkpoints.
-    purgers = ([destroy_feature_rows] if features else []) + purgers
+    purgers = ([_timed(destroy_feature_rows, "purge")] if features else []) + purgers
     try:
         run = SisaRun(run_dir, train, factory, config.sisa, config.seed, run_fingerprint(config, backbone, public),
                       store_uri=config.store or None, lock_timeout=lock_timeout, secret=secret, purgers=purgers,
@@ -176,6 +185,8 @@ def _session(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleT
         # samples and the backbone, which each constituent wraps.
         run.executor = RayExecutor(config, store_uri, fault, run.trainer.table, num_classes, run.fingerprint,
                                    backbone if trainable == "adapter" else None)
+    else:
+        run.executor = _timed(run.executor, "retraining")
     return Session(config, run, test, num_classes, backbone, features)
 
 
@@ -216,6 +227,17 @@ def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -
     ids = np.unique(np.concatenate([r.sample_ids for r in requests]))
     record = purge_rows(cache_file, ids) if cache_file.exists() else None
     return [record] if record else []
+
+
+def _timed(work: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`work`, its calls counted as phase `name` of the command's timings."""
+
+    @functools.wraps(work)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        with phase(name):
+            return work(*args, **kwargs)
+
+    return timed
 
 
 def _check_device(config: RunConfig) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from orchestration.outputs_cache import ensemble_logits
 from orchestration.public import describe_public
 from orchestration.requests import describe_request
 from orchestration.runs import Session
@@ -12,15 +14,19 @@ from sisa.config import AGGREGATIONS
 from sisa.plan import slice_keys
 
 
-def accuracies(session: Session) -> dict[str, float]:
-    """Test accuracy of the ensemble under each aggregation; constituents are loaded and run once."""
+def accuracies(session: Session, keys: Mapping[int, str] | None = None) -> dict[str, float]:
+    """Test accuracy of an ensemble version (default the current one) under each aggregation.
+
+    Each constituent's test outputs are computed once and cached by its checkpoint, so after a
+    deletion only the retrained constituents run.
+    """
     x, labels = session.test.tensors()
-    logits = session.run.logits(x)
+    logits = ensemble_logits(session.run, x, session.test.digest(), keys)
     return {how: (aggregate(logits, how) == labels).double().mean().item() for how in AGGREGATIONS}
 
 
-def describe(session: Session) -> dict[str, Any]:
-    """Config, shards with their checkpoints, requests, store size and test accuracy, as plain fields."""
+def describe(session: Session, accuracy: bool = True) -> dict[str, Any]:
+    """Config, shards with their checkpoints, requests, store size and (with `accuracy`) test accuracy."""
     run, config = session.run, session.config
     plan = run.plan()
     present = {(e.shard, e.slice, e.key) for e in run.store.entries()}
@@ -56,6 +62,8 @@ def describe(session: Session) -> dict[str, Any]:
         "requests": requests,
         "test_accuracy": None,
     }
+    if not accuracy:
+        return info
     try:
         info["test_accuracy"] = {how: round(value, 4) for how, value in accuracies(session).items()}
     except SisaError as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestration.config import TrackingConfig
+from orchestration.timings import phase
 from sisa import ShardReport
 
 
@@ -161,7 +162,10 @@ class MlflowTracker:
 
 def make_tracker(config: TrackingConfig) -> Tracker:
     """MLflow when tracking is enabled, else an in-memory tracker that nothing reads."""
-    return MlflowTracker(config) if config.enabled else MemoryTracker()
+    if not config.enabled:
+        return MemoryTracker()
+    with phase("mlflow"):  # importing mlflow and opening its store are most of it
+        return MlflowTracker(config)
 
 
 def log_shard_runs(tracker: Tracker, reports: list[ShardReport]) -> None:

@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -357,21 +357,30 @@ class SisaRun:
             self._anchor()
         return request_id
 
-    def serve_pending(self, on_slice: OnSlice = None) -> DeletionReport | None:
-        """Serve every pending request together: one retraining of the shards that held their ids.
+    def dirty(self, sample_ids: np.ndarray) -> dict[int, int]:
+        """Shard -> earliest slice holding one of `sample_ids` (ids of the training data, deleted ones included)."""
+        # Where an id sits depends on the id alone, so the plan of every id locates deleted ones too.
+        everything = ShardPlan.from_hashes(self.table.ids, self._hashes, self.config.num_shards, self.config.num_slices)
+        return everything.earliest_slices(np.asarray(sample_ids, np.int64))
+
+    def serve_pending(self, on_slice: OnSlice = None, max_requests: int | None = None) -> DeletionReport | None:
+        """Serve pending requests together: one retraining of the shards that held their ids.
 
         Also finishes requests a crash interrupted: shards already retrained resume from their
         last checkpoint and cost only a checksum check. Returns None when nothing was pending.
+
+        Args:
+            on_slice: called after every slice trained.
+            max_requests: serve only the first this many pending requests, in the order they were
+                recorded (the others stay pending; their ids are excluded from training all the
+                same); default all of them.
         """
         with self.locked():
-            pending = self.ledger.pending()
+            pending = self.ledger.pending()[:max_requests]
             if not pending:
                 return None
             ids = np.unique(np.concatenate([r.sample_ids for r in pending]))
-            # Where an id sits depends on the id alone, so the plan of every id locates deleted ones too.
-            everything = ShardPlan.from_hashes(self.table.ids, self._hashes, self.config.num_shards,
-                                               self.config.num_slices)
-            report = DeletionReport([r.request_id for r in pending], ids, everything.earliest_slices(ids))
+            report = DeletionReport([r.request_id for r in pending], ids, self.dirty(ids))
             self._serve(report, pending, on_slice)
             return report
 
@@ -393,7 +402,9 @@ class SisaRun:
     def _serve(self, report: DeletionReport, requests: list[Request], on_slice: OnSlice) -> None:
         began = time.perf_counter()
         plan = self.plan()
-        report.shards = self.executor(self.jobs(plan, list(report.dirty)), on_slice)
+        jobs = self.jobs(plan, list(report.dirty))
+        report.shards = self.executor(jobs, on_slice)
+        report.final_keys = {job.shard: slice_keys(self.fingerprint, job.shard, job.slice_ids)[-1] for job in jobs}
         report.destroyed = purge_stale(self.store, plan, self.fingerprint, list(report.dirty))
         for purger in self.purgers:
             report.destroyed += purger(self, requests)
@@ -412,12 +423,11 @@ class SisaRun:
             self._anchor()
 
     # -- models ------------------------------------------------------------------------------------
-    def constituents(self) -> list[tuple[int, nn.Module]]:
-        """(shard, model) of every non-empty shard, loaded from verified final checkpoints.
+    def require_no_pending(self) -> None:
+        """Refuse to go on while a deletion is unfinished (some models may still have seen its ids).
 
         Raises:
-            PendingRequestError: a deletion is unfinished, so some models may have seen its ids.
-            SisaError: a shard has no trained model, or its checkpoint fails verification.
+            PendingRequestError: naming the first unfinished request.
         """
         pending = self.ledger.pending()
         if pending:
@@ -425,14 +435,37 @@ class SisaRun:
                 f"deletion request {pending[0].request_id} is not finished; some models may still "
                 "have seen its samples. Finish it first (SisaRun.serve_pending, or any training command)."
             )
-        plan, models = self.plan(), []
-        for job in self.jobs(plan):
-            key = slice_keys(self.fingerprint, job.shard, job.slice_ids)[-1]
+
+    def final_keys(self) -> dict[int, str]:
+        """Shard -> key of its final checkpoint under the current plan, for every non-empty shard.
+
+        While a request is pending its ids are already out of the plan, so the keys of the shards
+        holding them name checkpoints that do not exist yet.
+        """
+        return {job.shard: slice_keys(self.fingerprint, job.shard, job.slice_ids)[-1] for job in self.jobs(self.plan())}
+
+    def constituents(self, keys: Mapping[int, str] | None = None) -> list[tuple[int, nn.Module]]:
+        """(shard, model) of every non-empty shard, loaded from verified final checkpoints.
+
+        Args:
+            keys: the ensemble version to load, shard -> final checkpoint key (a service keeps the
+                version it serves this way while later requests are pending); default the current
+                ensemble, refused while a request is pending.
+
+        Raises:
+            PendingRequestError: no keys were given and a deletion is unfinished.
+            SisaError: a shard has no trained model, or its checkpoint fails verification.
+        """
+        if keys is None:
+            self.require_no_pending()
+            keys = self.final_keys()
+        models = []
+        for shard, key in sorted(keys.items()):
             try:
-                state = self.store.load(job.shard, plan.num_slices - 1, key)
+                state = self.store.load(shard, self.config.num_slices - 1, key)
             except CheckpointMissingError:
-                raise SisaError(f"shard {job.shard} has no trained model yet; train the run first") from None
-            models.append((job.shard, self.trainer.load_model(job.shard, state).eval()))
+                raise SisaError(f"shard {shard} has no trained model yet; train the run first") from None
+            models.append((shard, self.trainer.load_model(shard, state).eval()))
         if not models:
             raise SisaError("the ensemble has no constituent left: every training sample was deleted")
         return models

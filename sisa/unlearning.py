@@ -6,11 +6,12 @@ leaves the ledger, the store and every model as they were.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from sisa.config import SisaConfig
 from sisa.errors import InvalidRequestError
 from sisa.ledger import Request
 from sisa.plan import ShardPlan, slice_keys
@@ -32,6 +33,8 @@ class DeletionReport:
     """Everything destroyed because it saw a deleted id: checkpoints, and what the run's purgers
     destroyed (derived models, published model versions, cached rows); one record each."""
     seconds: float = 0.0
+    final_keys: dict[int, str] = field(default_factory=dict)
+    """Affected shard -> key of its final checkpoint after serving; a shard left without samples is absent."""
 
     @property
     def purged(self) -> int:
@@ -122,6 +125,22 @@ def purge_stale(store: CheckpointStore, plan: ShardPlan, fingerprint: str, shard
     for shard in shards:
         removed += store.purge(shard, expected_keys(plan, fingerprint, shard))
     return removed
+
+
+def retraining_cost(plan: ShardPlan, dirty: Mapping[int, int], config: SisaConfig) -> int:
+    """Samples x epochs that retraining `dirty` (shard -> earliest affected slice) costs under `plan`.
+
+    An affected shard resumes from its deepest stored checkpoint before the affected slice (see
+    `SisaConfig.checkpoint_every`) and trains every later cumulative slice for `slice_epochs`
+    epochs. With every shard dirty from slice 0 it is the cost of retraining everything.
+    """
+    total = 0
+    for shard, earliest in dirty.items():
+        cumulative = np.cumsum([len(ids) for ids in plan.slice_ids(shard)])  # (R,) samples seen by each slice
+        stored = [r for r in range(earliest) if config.stores_slice(r)]
+        start = stored[-1] + 1 if stored else 0
+        total += int(cumulative[start:].sum()) * config.slice_epochs
+    return total
 
 
 def audit(store: CheckpointStore, sample_ids: np.ndarray) -> list[CheckpointEntry]:

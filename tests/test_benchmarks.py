@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import deletion, overhead, parallel, storage, tuning
+from benchmarks import deletion, overhead, parallel, service, storage, tuning
 
 
 @pytest.mark.ray
@@ -106,3 +106,24 @@ def test_frozen_benchmark_quick_mode_compares_every_mode_and_times_the_command(t
     e2e = digits["end_to_end"]
     assert (e2e["mode"], e2e["shards"]) == ("head", 4) and e2e["median_s"] > e2e["in_process_median_s"] > 0
     assert e2e["breakdown"]["retrain the affected slices"] > 0 and e2e["breakdown"]["purge stored feature rows"] > 0
+
+
+def test_timings_line_of_a_command_parses_into_phases():
+    stderr = ("request r-0001: ...\n"
+              "timings: startup 3.10 s, data load 0.41 s, retraining 0.80 s, other 0.05 s; total 4.36 s\n")
+    assert service.parse_timings(stderr) == {"startup": 3.10, "data load": 0.41, "retraining": 0.80, "other": 0.05,
+                                             "total": 4.36}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_service_benchmark_quick_mode_times_every_path(tmp_path):
+    results = service.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "service-quick.json").read_text())
+    summary = saved["summary"]
+    assert set(summary["command"]) == {"ray", "local-1t", "local-2t"}
+    assert all(v["median_s"] > 0 and v["breakdown_median_s"]["retraining"] > 0 for v in summary["command"].values())
+    ray_phases = summary["command"]["ray"]["breakdown_median_s"]
+    assert ray_phases["ray start"] > 0 and ray_phases["actor start"] > 0 and "evaluation" in ray_phases
+    assert summary["service"]["median_s"] > 0 and summary["monolithic_median_s"] > 0
+    assert results["predictions"]["idle"]["answers"] > 0 and results["predictions"]["deleting"]["answers"] > 0

@@ -32,7 +32,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy import stats
-from sklearn.svm import SVC
 
 KLOM_BINS = 20
 KLOM_EPS = 1e-5
@@ -251,6 +250,8 @@ def mia_efficacy(retain_margins: np.ndarray, test_margins: np.ndarray, forget_ma
         raise ValueError("MIA-efficacy needs retain, test and forget samples")
     rng = np.random.default_rng(seed)
     features = np.concatenate([rng.choice(members, count, replace=False), rng.choice(non_members, count, replace=False)])
+    from sklearn.svm import SVC  # here: importing scikit-learn costs every command about 2 s of start-up
+
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features[:, None], np.r_[np.ones(count), np.zeros(count)])
     return float(100 * (1 - attack.predict(forget[:, None]).mean()))
 

@@ -23,17 +23,21 @@ def _session(path, engine, fault=None, extra=(), secret=None):
 def test_ray_engine_gives_the_same_ensemble_as_the_local_engine(tmp_path, ray_cluster):
     local = _session(tmp_path / "local", "local")
     remote = _session(tmp_path / "ray", "ray", secret=local.run.secret)  # the same shard assignment
-    for session in (local, remote):
-        session.run.train()
-        session.run.forget([3, 17, 42, 500])
+    threads = torch.get_num_threads()
+    # The commands run the in-process engine at the actors' thread count (1 per CPU a shard
+    # reserves), so both engines sum in the same order: weights agree bit for bit.
+    torch.set_num_threads(local.config.ray.command_threads())
+    try:
+        for session in (local, remote):
+            session.run.train()
+            session.run.forget([3, 17, 42, 500])
+    finally:
+        torch.set_num_threads(threads)
     x, _ = local.test.tensors()
     assert torch.equal(local.run.predict(x), remote.run.predict(x))
     assert torch.equal(local.run.predict(x, "mean"), remote.run.predict(x, "mean"))
-    # Actors run 1 torch thread, this process more: float sums may round differently, so weights
-    # agree to float precision rather than bit for bit (bits are exact within one engine).
     for (_, a), (_, b) in zip(local.run.constituents(), remote.run.constituents()):
-        for key, value in a.state_dict().items():
-            assert torch.allclose(value, b.state_dict()[key], atol=1e-5), key
+        assert_bit_identical(a, b)
     remote.run.executor.close()
 
 

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration.requests import describe_ids, ids_from_file, ids_from_text
+from orchestration.requests import describe_ids, ids_from_file, ids_from_list, ids_from_text
 from sisa import InvalidRequestError, SampleTable
+from sisa.ledger import Request
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,22 @@ def test_bad_id_files_are_refused_saying_why(keyed, tmp_path):
 def test_describe_ids_names_the_first_few_and_counts_the_rest(keyed):
     ids = keyed.lookup([f"user-{i}" for i in range(7)])
     assert describe_ids(keyed, ids, limit=2) == "user-0, user-1 and 5 more"
+
+
+def test_ids_from_list_looks_up_string_ids_and_refuses_by_name_what_cannot_be_deleted():
+    table = SampleTable.from_numpy(np.zeros((4, 1), np.float32), np.zeros(4), keys=["ann", "bob", "cy", "di"])
+    assert table.keys_of(ids_from_list(["cy", "ann"], table, [])).to_pylist() == ["cy", "ann"]
+    earlier = Request("r-0001", table.lookup(["bob"]), "t", "", "digest", keys=["bob"])
+    with pytest.raises(InvalidRequestError, match="ids bob were already deleted by request r-0001"):
+        ids_from_list(["bob"], table, [earlier])
+    with pytest.raises(InvalidRequestError, match="ids appear more than once in the request: di"):
+        ids_from_list(["di", "di"], table, [])
+    with pytest.raises(InvalidRequestError, match=r"ids are strings \(e.g. '\w+'\); got \[3\]"):
+        ids_from_list(["ann", 3], table, [])
+    with pytest.raises(InvalidRequestError, match="names no sample ids"):
+        ids_from_list([], table, [])
+
+
+def test_ids_from_list_leaves_integer_ids_to_the_run_s_validation():
+    table = SampleTable.from_numpy(np.zeros((4, 1), np.float32), np.zeros(4))
+    assert ids_from_list([3, "x"], table, []) == [3, "x"]  # SisaRun.submit refuses "x" by name

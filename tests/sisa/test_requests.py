@@ -174,3 +174,26 @@ def test_a_request_can_be_submitted_while_another_is_being_served(trained):
     trained.executor = inner
     assert [r.request_id for r in trained.ledger.pending()] == ["r-0002"]
     assert trained.serve_pending().request_ids == ["r-0002"]
+
+
+def test_serve_pending_serves_the_oldest_requests_first_up_to_a_limit(trained, tmp_path, table):
+    plan = trained.plan()
+    first, second = plan.slice_ids(0)[1][:1], plan.slice_ids(2)[1][:1]
+    before = trained.final_keys()
+    trained.submit(first, "a")
+    trained.submit(second, "b")
+
+    report = trained.serve_pending(max_requests=1)
+
+    assert report.request_ids == ["r-0001"] and [r.request_id for r in trained.ledger.pending()] == ["r-0002"]
+    assert set(report.final_keys) == {0} and report.final_keys[0] != before[0]
+    with pytest.raises(PendingRequestError, match="r-0002"):
+        trained.constituents()
+    # The version after r-0001 alone: loadable by its keys while r-0002 waits, and exactly the
+    # ensemble trained from scratch without r-0001's ids (r-0002's shard was not touched).
+    version = {**before, **report.final_keys}
+    scratch = scratch_of(trained, tmp_path / "scratch", table.without(first))
+    for (shard, a), (other, b) in zip(trained.constituents(version), scratch.constituents()):
+        assert shard == other
+        assert_bit_identical(a, b)
+    assert trained.serve_pending().request_ids == ["r-0002"]

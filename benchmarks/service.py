@@ -1,0 +1,295 @@
+"""Single-deletion latency through the service vs the `unlearn forget` command vs retraining, and
+prediction throughput and latency with and without a deletion in flight.
+
+Everything runs as a user runs it, each command a new process:
+
+- monolithic: `unlearn train` of one model (S = R = 1) on the same data, model and epochs, from scratch;
+- command:    `unlearn forget --ids <id> --timings` on a fresh copy of the trained ensemble, with the
+              Ray engine (the default) and with the in-process engine at 1 and 2 torch threads; the
+              `--timings` line gives where the time went (startup, data load, Ray start, actor start,
+              retraining, purge, evaluation, MLflow);
+- service:    `unlearn serve` on another copy (its own local Ray cluster, warm shard actors); each id
+              is POST /forget, then GET /requests/<id> every 10 ms until `done`: request to done.
+
+The ids are the same for the command and the service (random, one per request, `--seed`), and each
+request is served alone (window 0), so both do the same retraining. Predictions: `--clients` threads
+send POST /predict with `--batch` test samples for `--load-s` seconds with nothing else running,
+then while deletions are served back to back (only answers sent while one was in flight count).
+Medians of `--repeats`. MLflow is off everywhere unless `--track` (its cost is then a phase of the
+command's breakdown).
+
+    python -m benchmarks.service           # MNIST (first 6,000), small CNN, S=16, R=8, e=10
+    python -m benchmarks.service --quick   # digits, MLP, S=4, R=2: checks every path (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from benchmarks.common import SHARED_MNIST, median, write_results
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+TOKEN = "benchmark-token"
+FULL = {"settings": ["data.name=mnist", f"data.root={SHARED_MNIST.resolve()}", "data.train_limit=6000",
+                     "model.name=cnn", "sisa.num_shards=16", "sisa.num_slices=8", "sisa.epochs=10"],
+        "repeats": 5, "load_s": 30.0, "clients": 4, "batch": 64}
+QUICK = {"settings": ["data.name=digits", "model.name=mlp", "sisa.num_shards=4", "sisa.num_slices=2", "sisa.epochs=4"],
+         "repeats": 1, "load_s": 3.0, "clients": 2, "batch": 16}
+_TIMINGS = re.compile(r"^timings: (.*); total ([\d.]+) s$")
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> tuple[float, str]:
+    """Run `unlearn ARGS` in a new process; returns its wall seconds and stderr."""
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"unlearn {' '.join(args[:3])} failed: {done.stderr[-2000:]}")
+    return seconds, done.stderr
+
+
+def parse_timings(stderr: str) -> dict[str, float]:
+    """The `--timings` line of a command's stderr as phase -> seconds (with `total`)."""
+    for line in reversed(stderr.splitlines()):
+        match = _TIMINGS.match(line.strip())
+        if match:
+            phases = {name: float(value) for name, value in
+                      (part.rsplit(" ", 2)[:2] for part in match[1].split(", "))}
+            return {**phases, "total": float(match[2])}
+    raise ValueError(f"no timings line in: {stderr[-500:]}")
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def _copy(run_dir: Path, to: Path) -> Path:
+    shutil.rmtree(to, ignore_errors=True)
+    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns("lock"))
+    return to
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def monolithic(work: Path, env: dict[str, str], settings: list[str], repeats: int, track: list[str]) -> list[float]:
+    """Wall seconds of `unlearn train` of the monolithic model, from scratch each time."""
+    mono = [s for s in settings if not s.startswith(("sisa.num_shards", "sisa.num_slices"))]
+    mono += ["sisa.num_shards=1", "sisa.num_slices=1"]
+    seconds = []
+    for repeat in range(repeats):
+        target = work / f"mono-{repeat}"
+        seconds.append(_cli(["train", "--run-dir", str(target), *track, *_sets(mono)], work, env)[0])
+        shutil.rmtree(target)
+    return seconds
+
+
+def command(work: Path, env: dict[str, str], trained: Path, ids: list[int], flags: list[str]) -> list[dict[str, float]]:
+    """`unlearn forget --ids <id> --timings` on a fresh copy per id: wall seconds and the breakdown."""
+    results = []
+    for number, sample in enumerate(ids):
+        target = _copy(trained, work / f"forget-{number}")
+        seconds, stderr = _cli(["forget", "--run-dir", str(target), "--ids", str(sample), "--timings", *flags], work, env)
+        results.append({"wall_s": seconds, **parse_timings(stderr)})
+        shutil.rmtree(target)
+    return results
+
+
+class Service:
+    """`unlearn serve` in its own process group."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str], flags: list[str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "orchestration.cli", "serve", "--run-dir", str(run_dir), "--port", str(self.port),
+             "--set", "serve.batch_window_s=0", *flags], cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
+        began = time.perf_counter()
+        while not any(line.startswith("serving ") for line in self.lines):
+            if self.process.poll() is not None or time.perf_counter() - began > 900:
+                self.stop()
+                raise RuntimeError("unlearn serve did not start: " + "".join(self.lines)[-2000:])
+            time.sleep(0.2)
+        self.start_s = time.perf_counter() - began
+
+    def forget(self, sample: int) -> float:
+        """Seconds from POST /forget to GET /requests/<id> saying done."""
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        began = time.perf_counter()
+        answer = requests.post(f"{self.url}/forget", json={"ids": [sample]}, headers=auth, timeout=600)
+        answer.raise_for_status()
+        location = f"{self.url}{answer.json()['location']}"
+        while requests.get(location, headers=auth, timeout=600).json()["state"] != "done":
+            time.sleep(0.01)
+        return time.perf_counter() - began
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(60)
+
+
+def prediction_load(service: Service, rows: list[list[float]], clients: int, seconds: float,
+                    deleting: list[int] | None = None) -> dict[str, Any]:
+    """Throughput and latency of POST /predict for `seconds`; with `deleting`, deletions of those
+    ids are served one after another meanwhile, and only answers sent while one ran count."""
+    answers: list[tuple[float, float]] = []  # (sent, latency)
+    in_flight: list[tuple[float, float]] = []  # (submitted, done) of each deletion
+    stop = threading.Event()
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            sent = time.perf_counter()
+            session.post(f"{service.url}/predict", json={"inputs": rows}, timeout=600).raise_for_status()
+            answers.append((sent, time.perf_counter() - sent))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    if deleting:
+        for sample in deleting:
+            if time.perf_counter() - began > seconds and in_flight:
+                break
+            submitted = time.perf_counter()
+            service.forget(sample)
+            in_flight.append((submitted, time.perf_counter()))
+    else:
+        time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(600)
+    if deleting:
+        counted = [latency for sent, latency in answers if any(a <= sent and sent + latency <= b for a, b in in_flight)]
+        window = sum(b - a for a, b in in_flight)
+    else:
+        counted, window = [latency for _, latency in answers], time.perf_counter() - began
+    latencies = np.asarray(counted) * 1000
+    return {"answers": len(counted), "seconds": window, "per_s": len(counted) / window if window else 0.0,
+            "samples_per_s": len(counted) * len(rows) / window if window else 0.0,
+            "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else None}
+
+
+def _test_rows(settings: list[str], count: int) -> list[list[float]]:
+    from orchestration.config import load_config
+    from orchestration.datasets import load_dataset
+
+    _, test = load_dataset(load_config(None, settings).data)
+    x, _ = test.tensors(test.ids[:count])
+    return x.reshape(len(x), -1).tolist()
+
+
+def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) -> dict[str, Any]:
+    """Train the ensemble once, then time every variant; returns the results."""
+    env = {**os.environ, "UNLEARN_TOKEN": TOKEN, "PYTHONPATH": str(CHECKOUT), "RAY_ADDRESS": "",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    tracking = [] if track else ["--no-track"]
+    trained = work / "ensemble"
+    _cli(["train", "--run-dir", str(trained), *tracking, *_sets(spec["settings"])], work, env)
+    from orchestration.runs import open_session
+
+    retained = open_session(trained).run.retained_ids()
+    # `repeats` ids for the timed deletions, then a pool for the deletions served under prediction load.
+    ids = np.random.default_rng(seed).choice(retained, min(len(retained), repeats + 100), replace=False).tolist()
+    results: dict[str, Any] = {"workload": {"settings": spec["settings"], "repeats": repeats, "ids": ids[:repeats],
+                                            "tracking": track}}
+    results["monolithic_s"] = monolithic(work, env, spec["settings"], repeats, tracking)
+    results["command"] = {
+        "ray": command(work, env, trained, ids[:repeats], tracking),
+        "local-1t": command(work, env, trained, ids[:repeats], [*tracking, "--engine", "local"]),
+        "local-2t": command(work, env, trained, ids[:repeats],
+                            [*tracking, "--engine", "local", "--set", "ray.driver_threads=2"]),
+    }
+    service = Service(_copy(trained, work / "service"), env, tracking)
+    try:
+        results["service"] = {"start_s": service.start_s, "done_s": [service.forget(sample) for sample in ids[:repeats]]}
+        rows = _test_rows(spec["settings"], spec["batch"])
+        results["predictions"] = {
+            "idle": prediction_load(service, rows, spec["clients"], spec["load_s"]),
+            "deleting": prediction_load(service, rows, spec["clients"], spec["load_s"], ids[repeats:]),
+        }
+    finally:
+        service.stop()
+    return summarize(results)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Medians, the command's median breakdown per phase, and speedups over the monolithic retraining."""
+    mono = median(results["monolithic_s"])
+    summary: dict[str, Any] = {"monolithic_median_s": mono, "command": {}}
+    for variant, runs in results["command"].items():
+        phases = {name for entry in runs for name in entry}
+        breakdown = {name: statistics.median(entry.get(name, 0.0) for entry in runs) for name in sorted(phases)}
+        summary["command"][variant] = {"median_s": breakdown["wall_s"], "speedup": mono / breakdown["wall_s"],
+                                       "breakdown_median_s": breakdown}
+    done = median(results["service"]["done_s"])
+    summary["service"] = {"median_s": done, "speedup": mono / done}
+    return {**results, "summary": summary}
+
+
+def report(results: dict[str, Any]) -> str:
+    """The result table as text."""
+    s = results["summary"]
+    lines = [f"monolithic `unlearn train`: median {s['monolithic_median_s']:.2f} s",
+             *(f"`unlearn forget` ({variant}): median {v['median_s']:.2f} s, {v['speedup']:.1f}x; breakdown " +
+               ", ".join(f"{k} {t:.2f}" for k, t in v["breakdown_median_s"].items() if k not in ("wall_s", "total"))
+               for variant, v in s["command"].items()),
+             f"service, request to done: median {s['service']['median_s']:.2f} s, {s['service']['speedup']:.1f}x "
+             f"(service start {results['service']['start_s']:.1f} s, once)"]
+    for case, p in results["predictions"].items():
+        latency = (f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms" if p["answers"] else "no answer counted")
+        lines.append(f"predictions ({case}): {p['per_s']:.1f}/s ({p['samples_per_s']:.0f} samples/s), "
+                     f"{latency} over {p['answers']} answers")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits, MLP, small: checks every path")
+    parser.add_argument("--repeats", type=int, help="deletions and trainings per variant (medians)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the deleted ids")
+    parser.add_argument("--track", action="store_true", help="MLflow on (its cost shows in the command's breakdown)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where the JSON goes")
+    args = parser.parse_args(argv)
+    spec = QUICK if args.quick else FULL
+    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    try:
+        results = run(spec, work, args.repeats or spec["repeats"], args.seed, args.track)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_results("service-quick" if args.quick else "service", results, Path(args.out))
+    print(report(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Each constituent's test-set outputs, cached by its final checkpoint, so evaluation reruns only what changed.
+
+    run_dir/cache/outputs/shard-003-<key>.pt   {"sha256": the checkpoint's checksum, "test": test-set digest,
+                                                "logits": (test samples, classes) float32}
+
+A deletion retrains a few shards: their final checkpoints get new keys, so only their outputs are
+computed again, and every other shard's are read back (an entry is used only while its checkpoint
+checksum and the test set are the ones it was computed from).
+
+Compliance: an entry holds tensors computed by a model, and the model of a purged checkpoint saw a
+deleted sample. So entries go with their checkpoints: the purger destroys every entry whose key is
+no longer a shard's final key (recording each in the ledger), entries are written only under the
+run's lock while their key is still final (a deletion in another process cannot slip between), and
+`unlearn audit` reports any entry left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestration.evaluation import model_device
+from orchestration.timings import phase
+from sisa import SisaRun
+from sisa.ledger import Request
+
+FOLDER = Path("cache") / "outputs"
+_NAME = re.compile(r"^shard-(\d+)-(\w+)\.pt$")
+_BATCH = 2048
+
+
+def _folder(run: SisaRun) -> Path:
+    return run.run_dir / FOLDER
+
+
+def _path(run: SisaRun, shard: int, key: str) -> Path:
+    return _folder(run) / f"shard-{shard:03d}-{key}.pt"
+
+
+def _checksum(run: SisaRun, shard: int, key: str) -> str | None:
+    try:
+        return run.store.read_manifest(run.store.entry(shard, run.config.num_slices - 1, key)).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def _read(path: Path, checksum: str | None, test_digest: str) -> torch.Tensor | None:
+    try:
+        entry = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    if checksum is None or entry.get("sha256") != checksum or entry.get("test") != test_digest:
+        return None
+    return entry["logits"]
+
+
+@torch.no_grad()
+def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mapping[int, str] | None = None) -> torch.Tensor:
+    """Outputs of every constituent of an ensemble version on the test inputs `x`, (models, samples, classes).
+
+    Args:
+        run: the run.
+        x: the test set's model inputs; `test_digest` names them (SampleTable.digest()).
+        test_digest: digest of the test set, part of what an entry must match.
+        keys: the version, shard -> final checkpoint key; default the current ensemble (refused
+            while a request is pending, as `SisaRun.constituents` refuses).
+    """
+    if keys is None:
+        run.require_no_pending()
+        keys = run.final_keys()
+    cached = {shard: _read(_path(run, shard, key), _checksum(run, shard, key), test_digest) for shard, key in keys.items()}
+    missing = {shard: key for shard, key in keys.items() if cached[shard] is None}
+    if missing:
+        with phase("evaluation"):
+            for shard, model in run.constituents(missing):
+                device = model_device(model)
+                cached[shard] = torch.cat([model(b.to(device)).cpu() for b in x.split(_BATCH)])
+        _store(run, missing, cached, test_digest)
+    if not cached:
+        run.constituents(keys)  # raises the run's own error for an ensemble with no constituent
+    return torch.stack([cached[shard] for shard in sorted(cached)])
+
+
+def _store(run: SisaRun, computed: Mapping[int, str], logits: Mapping[int, torch.Tensor], test_digest: str) -> None:
+    # Under the run's lock and only while the key is still final: a deletion (this process or
+    # another) either purged before this check, so nothing is written, or purges after it.
+    with run.locked():
+        final = run.final_keys()
+        _folder(run).mkdir(parents=True, exist_ok=True)
+        for shard, key in computed.items():
+            checksum = _checksum(run, shard, key)
+            if final.get(shard) != key or checksum is None:
+                continue
+            path = _path(run, shard, key)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({"sha256": checksum, "test": test_digest, "logits": logits[shard]}, tmp)
+            tmp.replace(path)
+
+
+def entries(run: SisaRun) -> list[tuple[int, str, Path]]:
+    """(shard, key, path) of every cached entry (and leftovers of interrupted writes, key '')."""
+    folder = _folder(run)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _NAME.match(path.name)
+        found.append((int(match[1]), match[2], path) if match else (-1, "", path))
+    return found
+
+
+def stale_outputs(run: SisaRun) -> list[str]:
+    """Cached entries whose model is no longer a final checkpoint of the run, as run-dir-relative paths."""
+    final = run.final_keys()
+    return [str(path.relative_to(run.run_dir)) for shard, key, path in entries(run) if final.get(shard) != key]
+
+
+def destroy_stale_outputs(run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+    """Purger: delete every cached entry whose model is not a current final checkpoint; one record each."""
+    final, records = run.final_keys(), []
+    for shard, key, path in entries(run):
+        if final.get(shard) == key:
+            continue
+        data = path.read_bytes()
+        records.append({"kind": "cached-outputs", "path": str(path.relative_to(run.run_dir)),
+                        "sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(data)})
+        path.unlink()
+    return records

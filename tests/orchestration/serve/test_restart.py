@@ -1,0 +1,118 @@
+"""A service killed during a deletion and started again completes it: done, audited clean, bit-exact.
+
+`unlearn serve` runs as a user runs it, a process with its own Ray cluster; the test kills its
+whole process group (SIGKILL: no cleanup of any kind) while the request is being served.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from orchestration.audit import certificate
+from orchestration.cli import main
+from orchestration.runs import open_session
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+TOKEN = "restart-token"
+# One shard, so a deletion from its first slice retrains everything: several seconds, time to
+# kill the service in the middle of it.
+SETTINGS = ["--set", "sisa.num_shards=1", "--set", "sisa.num_slices=2", "--set", "sisa.epochs=100"]
+CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+class Service:
+    """`unlearn serve` in its own process group, its stderr collected."""
+
+    def __init__(self, run_dir: Path, port: int, env: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "orchestration.cli", "serve", "--run-dir", str(run_dir), "--port", str(port),
+             "--no-track"], cwd=run_dir.parent, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
+
+    def wait_serving(self, timeout: float = 400) -> None:
+        began = time.monotonic()
+        while not any(line.startswith("serving ") for line in self.lines):
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() - began < timeout, "".join(self.lines)
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(60)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C sends
+        try:
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+
+def _state(service: Service, request_id: str) -> dict:
+    return requests.get(f"{service.url}/requests/{request_id}", headers={"Authorization": f"Bearer {TOKEN}"},
+                        timeout=60).json()
+
+
+def test_a_service_killed_during_a_deletion_completes_it_on_restart_and_the_audit_is_clean(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run_dir), "--engine", "local", "--no-track", *SETTINGS]) == 0
+    capsys.readouterr()
+    sample = int(open_session(run_dir).run.plan().slice_ids(0)[0][0])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "UNLEARN_TOKEN": TOKEN, "PYTHONPATH": str(CHECKOUT), "RAY_ADDRESS": ""}
+
+    first = Service(run_dir, port, env)
+    try:
+        first.wait_serving()
+        answer = requests.post(f"{first.url}/forget", json={"ids": [sample], "reason": "restart"},
+                               headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert answer.status_code == 202 and answer.json()["request_id"] == "r-0001"
+        while (state := _state(first, "r-0001")["state"]) == "pending":
+            time.sleep(0.02)
+        assert state == "running"
+    finally:
+        first.kill()
+    interrupted = open_session(run_dir, flags=["ray.engine=local"])
+    assert [r.request_id for r in interrupted.run.ledger.pending()] == ["r-0001"], "killed before the request was done"
+    del interrupted
+
+    second = Service(run_dir, port, env)
+    try:
+        second.wait_serving()  # a restarted service finishes what is pending before it answers
+        state = _state(second, "r-0001")
+        prediction = requests.post(f"{second.url}/predict", json={"inputs": [[0.0] * 64]}, timeout=60).json()
+    finally:
+        second.stop()
+    # Slices checkpointed before the kill are not trained again: the restart resumed where it died.
+    assert state["state"] == "done" and state["version"] == 1 and state["retrained"]["0"][-1] == 1
+    assert prediction["version"] == 1
+    assert any("finished request(s) r-0001 left pending" in line for line in second.lines), "".join(second.lines)
+
+    # The audit, with a retraining from scratch at the command path's thread count: every
+    # constituent bit-identical (the run was trained in-process, the deletion on Ray actors).
+    session = open_session(run_dir, flags=["ray.engine=local", "tracking.enabled=false"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(session.config.ray.command_threads())
+    try:
+        report = certificate(session, retrain_dir=tmp_path / "scratch")
+    finally:
+        torch.set_num_threads(threads)
+    assert report["clean"], report["findings"]
+    assert "retrain" in report["checked"] and report["requests"][0]["state"] == "done"

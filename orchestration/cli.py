@@ -1,4 +1,4 @@
-"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, audit, pretrain, serve."""
+"""The `unlearn` command line: train, forget, status, predict, methods, approx, bench, tune, audit, pretrain, serve."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,9 @@ import approx
 from approx.registry import method_class, parameter_docs, parameters
 from orchestration import commands, timings
 from orchestration.audit import certificate
+from orchestration.bench import tuned
 from orchestration.bench.protocol import create_methods
+from orchestration.bench.tune import searched, tune_table
 from orchestration.config import RunConfig, load_config
 from orchestration.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
@@ -274,10 +277,10 @@ def quick(config: RunConfig) -> RunConfig:
 
 
 class BenchProgress:
-    """One tqdm bar over every job of the bench; its total grows as the bench plans more."""
+    """One tqdm bar over every job of the bench (or tune); its total grows as more are planned."""
 
-    def __init__(self) -> None:
-        self.bar = tqdm(total=0, desc="bench", unit="model", dynamic_ncols=True, leave=False, disable=None)
+    def __init__(self, desc: str = "bench", unit: str = "model") -> None:
+        self.bar = tqdm(total=0, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=None)
 
     def planned(self, count: int) -> None:
         self.bar.total += count
@@ -296,9 +299,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.quick:
         config = quick(config)
     create_methods(config.bench)  # bad names or parameters fail before anything starts
+    notes: list[str] = []
+    if args.tuned is not None:
+        config, notes = tuned.apply(config, Path(args.tuned))
     progress = BenchProgress()
     try:
-        result = commands.bench(config, Path(args.out), progress=progress)
+        result = commands.bench(config, Path(args.out), progress=progress, notes=notes)
     finally:
         progress.close()
     print(result.header)
@@ -307,6 +313,44 @@ def cmd_bench(args: argparse.Namespace) -> None:
           + ", ".join(p.name for p in result.files if p.parent == Path(args.out)))
     print(f"trained and unlearned models are cached in {config.bench.cache_dir or Path(args.out) / 'models'} "
           "(a rerun reuses them; delete the folder to free the space)")
+
+
+def quick_tune(config: RunConfig) -> RunConfig:
+    """`tune --quick`: the bench's quick setting, at most 4 trials per method on 8 models a side."""
+    config = quick(config)
+    return dataclasses.replace(config, tune=dataclasses.replace(config.tune, trials=min(config.tune.trials, 4), models=8))
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    extra = [f"tune.trials={args.trials}"] if args.trials is not None else []
+    extra += [f"tune.time_budget_s={args.time_budget}"] if args.time_budget is not None else []
+    config = load_config(args.config, _settings(args) + extra + _flags(args))
+    if args.quick:
+        config = quick_tune(config)
+    if config.ray.address.startswith("ray://"):
+        raise ValueError(f"unlearn tune drives Ray Tune from this process, which a Ray Client address "
+                         f"({config.ray.address}) cannot do; run it on a cluster node with --address auto (or through "
+                         "`ray job submit`)")
+    names = approx.available() if args.method.strip() == "all" else \
+        list(dict.fromkeys(n.strip() for n in args.method.split(",") if n.strip()))  # once each, in order
+    if not names:
+        raise ValueError(f"--method {args.method!r} names no method; give a method, several comma-separated, or 'all' "
+                         "(`unlearn methods` lists them)")
+    create_methods(searched(config, names))  # bad names or parameters fail before anything starts
+    progress = BenchProgress("tune", "job")
+    command = "unlearn " + shlex.join(args.argv)
+    try:
+        result = commands.tune(config, names, Path(args.out), Path(args.tuned_dir), command, progress=progress)
+    finally:
+        progress.close()
+    print(result.header)
+    print(tune_table(result), end="")
+    print(f"models: {result.made} made, {result.reused} reused from the cache")
+    print(f"every trial (parameters, scores, what it saw) in {Path(args.out) / 'trials.jsonl'}; the tuning and bench "
+          f"protocols in {Path(args.out) / 'tune_protocol.json'}")
+    if any(s.path for s in result.searches):
+        print(f"run the bench with them: unlearn bench{' --config ' + args.config if args.config else ''} --tuned"
+              f"{'' if Path(args.tuned_dir) == tuned.TUNED_DIR else ' ' + args.tuned_dir}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -387,7 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     bench.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    bench.add_argument("--tuned", nargs="?", const=str(tuned.TUNED_DIR), metavar="DIR",
+                       help="run each method with its tuned hyperparameters from DIR (default configs/tuned) where "
+                            "they were tuned for this setting; the others run their defaults, and the output says so")
     bench.set_defaults(func=cmd_bench)
+    tune = sub.add_parser("tune", help="Tune methods' hyperparameters against retraining with Ray Tune.",
+                          description="Search each method's hyperparameters (Ray Tune, one CPU per trial) for the "
+                                      "configuration whose unlearned models are closest to retrained ones, on a "
+                                      "forget set, validation samples and seeds the bench never reports; write the "
+                                      "best to configs/tuned/<data>-<model>-<scenario>/<method>.toml for "
+                                      "`unlearn bench --tuned`.")
+    tune.add_argument("--method", required=True, help="a method, several comma-separated, or 'all'")
+    tune.add_argument("--config", help="TOML config file with a [bench] section (see configs/bench-*.toml)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a setting, e.g. --set tune.models=16 (repeatable)")
+    tune.add_argument("--trials", type=int, help="trials per method (tune.trials, default 20)")
+    tune.add_argument("--time-budget", type=float, metavar="SECONDS",
+                      help="stop each method's search after this many seconds (tune.time_budget_s; default none)")
+    tune.add_argument("--out", default="runs/tune", help="trial records, protocols, Ray Tune's files and the model "
+                                                         "cache (default runs/tune)")
+    tune.add_argument("--tuned-dir", default=str(tuned.TUNED_DIR), help="where tuned configs go (default configs/tuned)")
+    tune.add_argument("--quick", action="store_true", help="shrink the tune to a CI-sized run")
+    tune.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS or a new local cluster)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    tune.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    tune.set_defaults(func=cmd_tune)
     audit = command("audit", "Check that nothing the project keeps saw a deleted sample; print the deletion "
                              "certificate. Exits 1 when anything is found.")
     audit.add_argument("--request", help="only this request's part of the certificate, e.g. r-0003")
@@ -443,6 +511,7 @@ def _ray_connected() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `unlearn` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, recorded by `tune`
     _configure_logging()
     timings.reset()
     began, startup, threads = time.perf_counter(), timings.process_age(), torch.get_num_threads()

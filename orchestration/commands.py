@@ -1,4 +1,4 @@
-"""The work behind `unlearn train | forget | approx | bench | pretrain`, tracked: one parent run per command.
+"""The work behind `unlearn train | forget | approx | bench | tune | pretrain`, tracked: one parent run per command.
 
 The CLI parses and prints; these functions run the SISA and approximate libraries and log what
 they did (params, per-shard child runs, metrics, artifacts, a new model version of the ensemble).
@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import approx
 from orchestration.approximate import ApproxReport, run_approx
 from orchestration.bench.fanout import Progress
 from orchestration.bench.run import BenchResult, run_bench
+from orchestration.bench.tune import TuneResult, run_tune
 from orchestration.config import RunConfig
 from orchestration.pretrain import PretrainReport
 from orchestration.pretrain import pretrain as pretrain_backbone
@@ -232,8 +233,17 @@ def pretrain(config: RunConfig, out: Path, tracker: Tracker, on_slice: OnSlice =
     return report
 
 
-def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None) -> BenchResult:
+def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress: Progress | None = None,
+          notes: Sequence[str] = ()) -> BenchResult:
     """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
     process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
-    with a child per method (`config.tracking`'s tracker unless one is given)."""
-    return run_bench(config, out, tracker, progress=progress)
+    with a child per method (`config.tracking`'s tracker unless one is given); `notes` join its header."""
+    return run_bench(config, out, tracker, progress=progress, notes=notes)
+
+
+def tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, command: str,
+         tracker: Tracker | None = None, progress: Progress | None = None) -> TuneResult:
+    """Tune `methods` against retraining in the setting of `config` (see orchestration/bench/tune.py): a
+    Ray Tune search per method on data and seeds the bench never reports, each trial an MLflow run,
+    the best configurations written under `tuned_dir`."""
+    return run_tune(config, methods, out, tuned_dir, command, tracker, progress)

@@ -118,7 +118,8 @@ class RayConfig:
     num_gpus_per_shard: float = 0.0
     """GPUs each shard actor reserves (fractions allowed)."""
     max_workers: int = 0
-    """Most shard actors at once; 0 means as many as the cluster's CPUs allow, at most one per shard."""
+    """Most shard actors (or `unlearn tune` trials) at once; 0 means as many as the cluster's CPUs allow
+    (and at most one actor per shard)."""
     max_retries: int = 3
     """Times a shard is retried (its actor restarted) before the command fails."""
     driver_threads: int = 0
@@ -261,9 +262,36 @@ class BenchConfig:
             raise ValueError("bench.stream_requests must be >= 1 and bench.cost_requests >= 0")
 
 
+SEARCHES = ("random",)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How `unlearn tune` searches each method's hyperparameters against retraining (orchestration/bench/tuning.py)."""
+
+    trials: int = 20
+    """Configurations tried per method; the first is the method's configured values (its defaults)."""
+    time_budget_s: float = 0.0
+    """Wall-clock limit of each method's search in seconds (trials still running then are stopped); 0 = none."""
+    models: int = 8
+    """Models a side in the tuning populations: originals, oracles, and unlearning runs per trial (U-LiRA needs 8)."""
+    search: str = "random"
+    """Search algorithm: 'random' (Ray Tune's random search, seeded)."""
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ValueError(f"tune.trials must be at least 1, got {self.trials}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"tune.time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
+        if self.models < 8:
+            raise ValueError(f"tune.models must be at least 8 (the objective's U-LiRA needs 8 a side), got {self.models}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"tune.search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+
+
 NON_TRAINING = ("store", "data.root", "data.path", "data.test_path", "data.cache_dir", "data.public_ids",
-                "model.backbone", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "pretrain.",
-                "serve.")
+                "model.backbone", "sisa.aggregation", "sisa.checkpoint_every", "ray.", "tracking.", "bench.", "tune.",
+                "pretrain.", "serve.")
 """Settings that never change trained weights: a run may change them between commands. (The contents behind
 data.public_ids and model.backbone do, and are bound to the run by their digests instead: see runs.py.)"""
 HEAD_SETTINGS = ("model.head", "model.head_hidden")
@@ -292,6 +320,8 @@ class RunConfig:
     """Experiment tracking."""
     bench: BenchConfig = field(default_factory=BenchConfig)
     """What `unlearn bench` compares."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """How `unlearn tune` searches each method's hyperparameters."""
     pretrain: SisaConfig = field(default_factory=lambda: SisaConfig(num_shards=1, num_slices=1, epochs=10))
     """The recipe `unlearn pretrain` trains the backbone with on the public data (one shard of one slice)."""
     serve: ServeConfig = field(default_factory=ServeConfig)

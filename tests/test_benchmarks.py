@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import deletion, overhead, parallel, service, storage
+from benchmarks import deletion, overhead, parallel, service, storage, tuning
 
 
 @pytest.mark.ray
@@ -52,6 +52,31 @@ def test_overhead_and_storage_benchmarks_quick_modes_write_results(tmp_path):
     point = saved["points"][1]
     assert point["every"]["2"]["checkpoints"] < point["every"]["1"]["checkpoints"]
     assert point["serving"]["bfloat16"]["bytes"] < point["serving"]["float32"]["bytes"]
+
+
+def test_tuning_benchmark_plan_prints_tune_default_and_tuned_bench_per_setting_and_runs_nothing(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    monkeypatch.chdir(tmp_path)
+    assert tuning.main(["--plan"]) == []
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["tune", "bench", "bench"] * 4
+    assert sum("--tuned" in line for line in lines) == 4 and all("--method all" in line for line in lines[::3])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tuning_benchmark_quick_mode_compares_default_and_tuned_benches(tmp_path, ray_cluster):
+    (comparison,) = tuning.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "tuning-digits-random-quick.json").read_text())
+    assert set(saved["methods"]) == set(comparison["methods"]) == {"finetune", "gradient_ascent"}
+    for entry in saved["methods"].values():
+        assert entry["search"]["trials"] == 3 and entry["search"]["finished"] + entry["search"]["failed"] == 3
+        assert {entry["default"]["rank_objective"], entry["tuned"]["rank_objective"]} <= {1, 2}
+    header = (tmp_path / "bench-tuned" / "results.md").read_text()
+    assert f"tuned hyperparameters from {tmp_path / 'tuned' / 'digits-mlp-random'}: finetune (3 trials), " \
+           "gradient_ascent (3 trials)" in header
+    assert "| finetune |" in (tmp_path / "tuning-digits-random-quick.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""`unlearn bench`: how close each way of unlearning gets to retraining, sample by sample, at what cost.
+"""`unlearn bench`: how close each way of unlearning gets to retraining, sample by sample, at what cost;
+`unlearn tune`: each method's hyperparameters searched against retraining, apart from what the bench reports.
 
 Read in this order:
 
@@ -14,4 +15,12 @@ Read in this order:
                   quality, and the sanity checks with their statistics.
 6. `scoring.py`   one population against the oracles, like for like with the floor and the ceiling.
 7. `report.py`, `plots.py`  tables and pictures; `run.py` puts it all together and logs to MLflow.
+
+`unlearn tune` builds on it:
+
+8. `tuning.py`    the tuner's protocol beside the bench's (its own forget set, the validation split,
+                  its own seeds), the objective, and one trial: a configuration in, scores out.
+9. `search.py`    one method's search on Ray Tune (trials of one CPU, retried, streamed back).
+10. `tuned.py`    tuned configurations on disk, and `bench --tuned` reading them.
+11. `tune.py`     it all together: populations, a search per method, tuned files, MLflow.
 """

@@ -8,8 +8,8 @@ A protocol is fixed before any model is trained and is recorded with the results
 - the retain set (training samples not forgotten) and, from a seeded stratified subset of the test
   split (`test_samples`), a validation part (for tuning) and the test part the bench reports; in the `class` scenario
   both leave the forgotten class out (the papers' TA) and `test_class` keeps its test samples;
-- the seeds of every population, derived from `seed` and a role, so the populations of a tuning
-  run (another `seed`) are disjoint from the reported ones.
+- the seeds of every population, derived from `seed`, a stage ('bench' for the reported
+  populations, 'tune' for the tuner's) and a role, so tuning never shares a model with a result.
 
 Scenarios: `random` forgets `forget_fraction` of the training samples, `class` every sample of
 `forget_class`, `stream` `stream_requests` single samples, and `hard` the `hard_fraction` most
@@ -53,13 +53,15 @@ class Protocol:
     """Models a side: N originals, N oracles, N unlearning runs per method."""
     seed: int
     """Base of every population's seeds."""
+    stage: str = "bench"
+    """'bench' (the populations results are reported on) or 'tune' (the tuner's own): part of every seed."""
 
     def seeds(self, role: str) -> list[int]:
-        """The N seeds of a population; roles are independent of each other and of `seed`'s neighbours."""
+        """The N seeds of a population; roles and stages are independent of each other and of `seed`'s neighbours."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
         # 31 bits keep the seeds readable in logs and valid for every RNG they reach.
-        return [derive_seed(self.seed, "bench", role, i) >> 32 for i in range(self.models)]
+        return [derive_seed(self.seed, self.stage, role, i) >> 32 for i in range(self.models)]
 
     def splits(self) -> dict[str, tuple[str, np.ndarray]]:
         """Split name -> (table, ids) every model is evaluated on; `table` is 'train' or 'test'."""

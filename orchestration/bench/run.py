@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,12 @@ def make_fanout(config: RunConfig) -> Fanout:
 
 
 def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fanout: Fanout | None = None,
-              progress: Progress | None = None) -> BenchResult:
+              progress: Progress | None = None, notes: Sequence[str] = ()) -> BenchResult:
     """Run the bench of `config.bench`, write its tables and plots under `out`, log it to `tracker`.
 
     Without a tracker, the one `config.tracking` describes is opened once the forget set is known
-    to be valid, so a bad setting changes nothing on disk.
+    to be valid, so a bad setting changes nothing on disk. `notes` are lines added to the header
+    (e.g. which methods run tuned hyperparameters).
     """
     bench = config.bench
     methods = protocol.create_methods(bench)  # bad names or parameters fail before any training
@@ -89,7 +91,7 @@ def run_bench(config: RunConfig, out: Path, tracker: Tracker | None = None, fano
             rows = [row for target in built for row in study.reference_rows(target, exact=bench.sisa)]
             rows += [study.method_row(method, target) for target in bench.targets for method in methods]
             curve = study.cost_curve(bench.cost_requests) if bench.sisa and bench.cost_requests else []
-            header = describe(config, chosen, rows, study)
+            header = "\n".join([describe(config, chosen, rows, study), *notes])
             files = write_tables(rows, chosen, header, out) + _plots(rows, chosen, curve, out)
             for row in rows:
                 _log_row(tracker, row, out)

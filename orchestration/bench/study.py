@@ -143,20 +143,22 @@ class Study:
             rows.append(Row("sisa", target, "exact", self._score(deleted, oracle, target), deleted))
         return rows
 
-    def method_row(self, method: approx.UnlearningMethod, target: str) -> Row:
+    def method_row(self, method: approx.UnlearningMethod, target: str, challenge: bool = True) -> Row:
         """Unlearn every original (and N times the first) with `method`; score against the oracles.
 
         This is the whole evaluation of one method configuration: given the study's data, forget
         set and seeds, the per-example scores (`row.scores.per_sample`) and their summary.
+        Without `challenge` only the runs from each original are made (half the work) and forget
+        quality is computed from them.
         """
         params = dataclasses.asdict(method)
-        spread, challenge = self.unlearning_jobs(method, target)
-        results = self.run(spread + challenge[1:])
+        spread, from_first = self.unlearning_jobs(method, target)
+        results = self.run(spread + (from_first[1:] if challenge else []))
         skipped = next((r.skipped for r in results if r.skipped), "")
         if skipped:
             return Row(method.name, target, "approximate", None, params=params, note=skipped)
         population = self._stack(results[: len(spread)])
-        runs = self._stack(results[:1] + results[len(spread) :])
+        runs = self._stack(results[:1] + results[len(spread) :]) if challenge else None
         return Row(method.name, target, "approximate", self._score(population, self.population(target, "oracle"), target,
                                                                      runs), population, params)
 

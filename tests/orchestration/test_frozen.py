@@ -98,7 +98,7 @@ def test_head_mode_train_forget_status_predict_and_audit(backbone, tmp_path, cap
     code, out, _ = run_cli(capsys, "audit", "--run-dir", run_dir, "--retrain", str(tmp_path / "scratch"), "--no-track",
                              "--engine", "local")
     assert code == 0 and "audit: clean" in out, out
-    assert "checked ledger, store, features, run dir, data cache, mlflow, retrain" in out
+    assert "checked ledger, store, features, run dir, outputs cache, data cache, mlflow, retrain" in out
 
 
 def test_head_mode_audit_finds_feature_rows_of_deleted_samples(backbone, tmp_path, capsys):
@@ -151,6 +151,15 @@ def test_deleting_a_public_id_is_refused_with_the_reason_and_records_nothing(bac
     assert f"id(s) [{public[0]}] cannot be deleted: they are public data (data.public_fraction = 0.3)" in err
     assert open_session(run_dir).run.ledger.requests() == []
     assert {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file() and p.name != "lock"} == files
+
+
+def test_serve_refuses_a_frozen_backbone_run_in_one_line(backbone, tmp_path, capsys, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    assert run_cli(capsys, "train", "--run-dir", run_dir, *_frozen(backbone, "head"))[0] == 0
+    monkeypatch.setenv("UNLEARN_TOKEN", "t")
+    code, _, err = run_cli(capsys, "serve", "--run-dir", run_dir)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "unlearn serve serves full-network runs" in err and "this run trains heads on a frozen backbone" in err
 
 
 @pytest.mark.parametrize(("settings", "message"), [

@@ -50,9 +50,9 @@ import numpy as np
 from benchmarks.common import median, write_results
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig, TrackingConfig
 from orchestration.datasets import load_dataset
-from orchestration.features import feature_files
-from orchestration.pretrain import pretrain
-from orchestration.public import public_ids
+from orchestration.frozen.features import feature_files
+from orchestration.frozen.pretrain import pretrain
+from orchestration.frozen.public import public_ids
 from orchestration.runs import Session, open_run
 from sisa import SampleTable, SisaConfig, aggregate
 

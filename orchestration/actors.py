@@ -1,7 +1,7 @@
 """ShardWorker: the plain class that trains shards; `cluster.py` makes it a Ray actor.
 
 A worker gets the training data from the driver (or loads it from the config), and in adapter mode
-the frozen backbone, rebuilds constituents as the driver does (constituents.py), and shares
+the frozen backbone, rebuilds constituents as the driver does (frozen/constituents.py), and shares
 checkpoints with the driver through the store URI, so it can run on any node that reaches the store.
 In head mode the data it gets is the backbone's features: it never needs the backbone.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from orchestration.backbone import Backbone
 from orchestration.config import RunConfig
-from orchestration.constituents import constituent_factory
 from orchestration.datasets import load_dataset
+from orchestration.frozen.backbone import Backbone
+from orchestration.frozen.constituents import constituent_factory
 from sisa import CheckpointStore, SampleTable, ShardJob, ShardReport, ShardTrainer
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 
 from orchestration.datasets.cache import cached_ids, train_cache_file
 from orchestration.derived import stale_derived
-from orchestration.features import feature_files, feature_findings
+from orchestration.frozen.features import feature_files, feature_findings
 from orchestration.outputs_cache import stale_outputs
 from orchestration.registry import live_versions, published, readable_artifacts
 from orchestration.runs import Session, open_run

@@ -26,7 +26,7 @@ from orchestration.bench import tuned
 from orchestration.bench.protocol import create_methods
 from orchestration.bench.tune import searched, tune_table
 from orchestration.config import RunConfig, load_config
-from orchestration.public import describe_public
+from orchestration.frozen.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
 from orchestration.runs import Session, open_session, resolve_config
 from orchestration.status import describe

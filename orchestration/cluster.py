@@ -18,9 +18,9 @@ import os
 from collections import deque
 
 from orchestration.actors import FaultSpec, ShardWorker
-from orchestration.backbone import Backbone
 from orchestration.config import RunConfig
 from orchestration.datasets import cache_dir
+from orchestration.frozen.backbone import Backbone
 from orchestration.timings import phase
 from sisa import SampleTable, ShardJob, ShardReport, SisaError
 from sisa.ensemble import OnSlice

@@ -25,8 +25,8 @@ from orchestration.bench.fanout import Progress
 from orchestration.bench.run import BenchResult, run_bench
 from orchestration.bench.tune import TuneResult, run_tune
 from orchestration.config import RunConfig
-from orchestration.pretrain import PretrainReport
-from orchestration.pretrain import pretrain as pretrain_backbone
+from orchestration.frozen.pretrain import PretrainReport
+from orchestration.frozen.pretrain import pretrain as pretrain_backbone
 from orchestration.registry import RUN_TAG, model_name, published, record_published
 from orchestration.runs import Session
 from orchestration.status import accuracies
@@ -223,7 +223,7 @@ def approximate(session: Session, tracker: Tracker, method: approx.UnlearningMet
 
 
 def pretrain(config: RunConfig, out: Path, tracker: Tracker, on_slice: OnSlice = None) -> PretrainReport:
-    """Pretrain a backbone on the public data (see orchestration.pretrain); the run logs its params and metrics."""
+    """Pretrain a backbone on the public data (see orchestration.frozen.pretrain); the run logs its params and metrics."""
     with tracker.run("pretrain", params=config.flat(), tags={"command": "pretrain", "out": str(out.resolve())}):
         report = pretrain_backbone(config, out, on_slice)
         tracker.log_metrics({"test/acc": report.test_accuracy, "time/train_s": report.seconds,

@@ -27,9 +27,9 @@ import mlflow
 import numpy as np
 import torch
 
-from orchestration.backbone import backbone_from_state
 from orchestration.config import load_config
-from orchestration.constituents import constituent_factory
+from orchestration.frozen.backbone import backbone_from_state
+from orchestration.frozen.constituents import constituent_factory
 from sisa import aggregate
 from sisa.encoding import encode_inputs
 from sisa.frozen import load_trainable

@@ -24,17 +24,17 @@ import numpy as np
 import torch
 
 from orchestration.actors import FaultSpec
-from orchestration.backbone import Backbone, load_backbone
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
-from orchestration.constituents import constituent_factory
 from orchestration.datasets import load_dataset
 from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
 from orchestration.derived import destroy_derived_models
-from orchestration.features import FeatureStore, destroy_feature_rows
+from orchestration.frozen.backbone import Backbone, load_backbone
+from orchestration.frozen.constituents import constituent_factory
+from orchestration.frozen.features import FeatureStore, destroy_feature_rows
+from orchestration.frozen.public import describe_public, public_ids, refusal_reason
 from orchestration.memory import check_fits
 from orchestration.outputs_cache import destroy_stale_outputs
-from orchestration.public import describe_public, public_ids, refusal_reason
 from orchestration.registry import destroy_published_versions
 from orchestration.timings import phase
 from sisa import SampleTable, SisaRun

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from orchestration.frozen.public import describe_public
 from orchestration.outputs_cache import ensemble_logits
-from orchestration.public import describe_public
 from orchestration.requests import describe_request
 from orchestration.runs import Session
 from sisa import SisaError, aggregate

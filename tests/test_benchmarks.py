@@ -84,7 +84,7 @@ def test_frozen_benchmark_quick_mode_compares_every_mode_and_times_the_command(t
     from benchmarks import frozen
     from orchestration.config import DataConfig
     from orchestration.datasets import load_dataset
-    from orchestration.public import public_ids
+    from orchestration.frozen.public import public_ids
 
     frozen.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
     digits = json.loads((tmp_path / "frozen-quick.json").read_text())["workloads"]["digits"]

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestration.backbone import FORMAT, strip_classifier
 from orchestration.config import ModelConfig, RunConfig, load_config
-from orchestration.features import feature_files
+from orchestration.frozen.backbone import FORMAT, strip_classifier
+from orchestration.frozen.features import feature_files
 from orchestration.models import build_model
 from orchestration.runs import open_session
 from sisa.ledger import ids_digest_hex
@@ -49,7 +49,7 @@ def test_pretrain_writes_the_backbone_of_the_public_samples_without_its_classifi
     content = torch.load(backbone, weights_only=True)
     config = load_config(None, ["data.public_fraction=0.3", "model.hidden=32"])
     from orchestration.datasets import load_dataset
-    from orchestration.public import public_ids
+    from orchestration.frozen.public import public_ids
 
     public = public_ids(config.data, load_dataset(config.data)[0])
     assert content["format"] == FORMAT and content["classifier"] == "net.5"

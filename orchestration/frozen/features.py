@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestration.backbone import Backbone
+from orchestration.frozen.backbone import Backbone
 from sisa import SampleTable, SisaRun, encode
 from sisa.ledger import Request
 

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.backbone import strip_classifier, write_backbone
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
 from orchestration.datasets.cache import bypassed, purged_rows, train_cache_file
+from orchestration.frozen.backbone import strip_classifier, write_backbone
+from orchestration.frozen.public import describe_public, public_ids
 from orchestration.models import build_model
-from orchestration.public import describe_public, public_ids
 from sisa import SisaRun, aggregate
 from sisa.ensemble import OnSlice
 from sisa.ledger import ids_digest_hex

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from orchestration.adapters import AdaptedModel
-from orchestration.backbone import Backbone
 from orchestration.config import ModelConfig
+from orchestration.frozen.adapters import AdaptedModel
+from orchestration.frozen.backbone import Backbone
 from orchestration.models import build_head, build_model
 
 

@@ -18,7 +18,7 @@ then while deletions are served back to back (only answers sent while one was in
 Medians of `--repeats`. MLflow is off everywhere unless `--track` (its cost is then a phase of the
 command's breakdown).
 
-    python -m benchmarks.service           # MNIST (first 6,000), small CNN, S=16, R=8, e=10
+    python -m benchmarks.service           # MNIST (6,000 samples), small CNN, S=16, R=8, e=10
     python -m benchmarks.service --quick   # digits, MLP, S=4, R=2: checks every path (CI)
 """
 

@@ -49,6 +49,8 @@ def test_train_forget_status_predict_on_digits(digits_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "predict", "--run-dir", digits_run, "--output", str(tmp_path / "p.csv"))
     assert code == 0 and "test accuracy (vote)" in out
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == '"sample_id","label","predicted"'
+    code, out, _ = run_cli(capsys, "predict", "--run-dir", digits_run, "--split", "train")
+    assert code == 0 and "on 1435 samples (3 deleted sample(s) excluded; name them with --ids to score them)" in out
 
 
 def test_forget_reads_ids_from_text_and_parquet_files(digits_run, tmp_path, capsys):

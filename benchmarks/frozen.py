@@ -212,7 +212,7 @@ PHASES = {
     "validate and record the request (digest of the remaining data, ledger)": ("sisa/ensemble.py", "submit"),
     "retrain the affected slices": ("sisa/training.py", "train"),
     "purge checkpoints": ("sisa/unlearning.py", "purge_stale"),
-    "purge stored feature rows": ("orchestration/features.py", "destroy_feature_rows"),
+    "purge stored feature rows": ("orchestration/frozen/features.py", "destroy_feature_rows"),
     "test accuracy after the deletion": ("orchestration/status.py", "accuracies"),
     "export the new model version (done with --no-track too)": ("orchestration/commands.py", "export_ensemble"),
 }

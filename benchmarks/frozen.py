@@ -264,6 +264,8 @@ def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: 
     result["monolithic"] = {"train_s": mono_s, "median_s": median(mono_s), "samples_epochs": mono_work,
                             **{f"acc_{k}": v for k, v in accuracy(session, session.run.logits).items()},
                             "store_bytes": session.run.store.nbytes(), "latency": latency(session, spec["latency_calls"])}
+    print(f"{workload.name}: backbone test acc {report.test_accuracy:.4f}, monolithic {median(mono_s):.1f} s "
+          f"(test acc {result['monolithic']['acc_vote']:.4f})", flush=True)
     points = []
     for mode in MODES:
         for shards in spec["shards"]:
@@ -273,6 +275,8 @@ def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: 
             d["speedup"] = median(mono_s) / d["median_s"]
             d["speedup_samples_epochs"] = mono_work / max(1.0, float(np.mean(d["samples_epochs"])))
             points.append(point)
+            print(f"{workload.name}: {mode} S={shards} acc {point['acc_vote']:.4f}, deletion {d['median_s']:.3f} s "
+                  f"({d['speedup']:.1f}x)", flush=True)
             if mode == "head" and shards == spec["end_to_end_shards"]:
                 result["end_to_end"] = end_to_end(session, data, deletable, root / "cli", repeats, rng)
                 result["end_to_end"]["in_process_median_s"] = d["median_s"]
@@ -315,22 +319,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="monolithic trainings, deletions and commands per point")
     parser.add_argument("--public-fraction", type=float, default=0.5,
                         help="share of the training data declared public: the backbone's training data")
+    parser.add_argument("--only", action="append", default=None,
+                        help="measure only this workload (repeatable): fashion-mnist, cifar10 (digits with --quick)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
+    chosen = [w for w in spec["workloads"] if args.only is None or w.name in args.only]
+    if not chosen:
+        parser.error(f"--only names no workload; valid: {', '.join(w.name for w in spec['workloads'])}")
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix="bench-frozen-"))
+    workloads: dict[str, Any] = {}
     try:
-        workloads = {w.name: run_workload(root / w.name, w, spec, args.repeats, args.public_fraction, rng)
-                     for w in spec["workloads"]}
+        for w in chosen:  # results are written after each workload, so a long run keeps what it finished
+            workloads[w.name] = run_workload(root / w.name, w, spec, args.repeats, args.public_fraction, rng)
+            results = {"spec": {k: v for k, v in spec.items() if k != "workloads"},
+                       "recipes": {mode: dataclasses.asdict(recipe(mode, 1, 1, spec)) for mode in MODES},
+                       "workload_settings": {w.name: {"data": dataclasses.asdict(w.data),
+                                                      "model": dataclasses.asdict(w.model)} for w in chosen},
+                       "repeats": args.repeats, "workloads": workloads}
+            write_results("frozen-quick" if args.quick else "frozen", results, Path(args.out))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    results = {"spec": {k: v for k, v in spec.items() if k != "workloads"},
-               "recipes": {mode: dataclasses.asdict(recipe(mode, 1, 1, spec)) for mode in MODES},
-               "workload_settings": {w.name: {"data": dataclasses.asdict(w.data), "model": dataclasses.asdict(w.model)}
-                                     for w in spec["workloads"]},
-               "repeats": args.repeats, "workloads": workloads}
-    write_results("frozen-quick" if args.quick else "frozen", results, Path(args.out))
     for name, result in workloads.items():
         print(table_text(name, result))
     return results

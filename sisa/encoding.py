@@ -37,7 +37,7 @@ def encode_inputs(encoder: nn.Module, x: torch.Tensor, fixed_batches: bool = Tru
     device = next(iter(encoder.parameters()), torch.zeros(0)).device
     out = []
     try:
-        with deterministic():
+        with deterministic(device):
             for batch in x.split(ENCODE_BATCH):
                 n = len(batch)
                 if n < ENCODE_BATCH and fixed_batches:

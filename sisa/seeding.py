@@ -27,11 +27,14 @@ def generator(seed: int, *keys: int | str) -> torch.Generator:
 
 @contextmanager
 def seeded(seed: int, *keys: int | str) -> Iterator[None]:
-    """Run a block with torch's global CPU RNG seeded from the keys, restoring it afterwards.
+    """Run a block with torch's global RNGs seeded from the keys, restoring them afterwards.
 
-    Model initialisation and dropout draw from the global RNG; forking it keeps them
-    deterministic without disturbing the caller's random state.
+    Model initialisation and dropout draw from the global RNG (dropout on CUDA from the device's);
+    forking it keeps them deterministic without disturbing the caller's random state. CUDA
+    generators are forked only once CUDA is initialised: forking would initialise it, and a block
+    that runs before any model is on the device draws from the CPU generator alone.
     """
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, *keys))
         yield

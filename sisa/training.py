@@ -11,6 +11,7 @@ training from scratch without the deleted ids.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,14 +97,26 @@ class ShardReport:
 
 
 @contextmanager
-def deterministic() -> Iterator[None]:
-    """Force deterministic torch kernels for the block, restoring the previous setting."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+def deterministic(device: str | torch.device = "cpu") -> Iterator[None]:
+    """Force deterministic torch kernels for the block, restoring the previous setting.
+
+    On CPU every kernel these models use has a deterministic implementation, which is what makes
+    retraining bit-identical; any that had none would fail loudly. On an accelerator some backward
+    kernels (max and adaptive average pooling on CUDA) have none, so there they warn instead of
+    failing, and cuBLAS gets the fixed workspace its deterministic mode needs (it reads
+    CUBLAS_WORKSPACE_CONFIG when its first handle is made; a value the user set is kept). Training
+    on an accelerator is therefore reproducible only as far as its kernels are, and bit-identity is
+    guaranteed on CPU alone.
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    strict = torch.device(device).type == "cpu"
+    if not strict:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=not strict)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 class ShardTrainer:
@@ -183,7 +196,7 @@ class ShardTrainer:
             load_trainable(model, state["model"])
             optimizer.load_state_dict(state["optimizer"])
         seen = np.concatenate(job.slice_ids[: start + 1]) if start >= 0 else np.zeros(0, np.int64)
-        with deterministic():
+        with deterministic(device):
             for r in range(start + 1, len(keys)):
                 seen = np.sort(np.concatenate([seen, job.slice_ids[r]]))
                 result = self._train_slice(model, optimizer, job.shard, r, seen)

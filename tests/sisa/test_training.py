@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from sisa import SisaConfig
 from sisa.augment import crop_flip, draw_views
+from sisa.training import deterministic
 from tests.conftest import assert_bit_identical, open_run
 
 
@@ -86,3 +89,26 @@ def test_recipe_settings_are_validated_listing_what_is_valid(setting, message):
 def test_augmentation_of_table_samples_is_refused(tmp_path, table):
     with pytest.raises(ValueError, match=r"sisa.augment crops and flips images \(C, H, W\), but the samples have shape"):
         open_run(tmp_path / "run", table, SisaConfig(augment=True))
+
+
+def test_deterministic_kernels_are_strict_on_cpu_and_warn_only_on_an_accelerator(monkeypatch):
+    """On CPU a kernel without a deterministic implementation must fail (bit-identity rests on it); on
+    CUDA the pooling backward kernels have none, so training there warns instead of crashing, with
+    cuBLAS given the workspace its deterministic mode needs (a value the user set is kept)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "recorded, so that teardown restores the original")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+    with deterministic("cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with deterministic(torch.device("cuda", 1)):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with deterministic("cuda"):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+    assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == before

@@ -1,7 +1,8 @@
 """A service killed during a deletion and started again completes it: done, audited clean, bit-exact.
 
-`unlearn serve` runs as a user runs it, a process with its own Ray cluster; the test kills its
-whole process group (SIGKILL: no cleanup of any kind) while the request is being served.
+`unlearn serve` runs as a user runs it, a process with its own Ray cluster; the test kills it and
+every process under it, Ray's workers included (SIGKILL: no cleanup of any kind), while the request
+is being served.
 """
 
 from __future__ import annotations
@@ -51,7 +52,21 @@ class Service:
             time.sleep(0.2)
 
     def kill(self) -> None:
+        """Power loss: freeze every process of the service, Ray's included, then kill them all.
+
+        Ray starts each worker in a process group of its own, so killing the command's group
+        leaves the replicas running (and finishing the deletion) until they notice their raylet
+        is gone. Frozen first, no process makes progress while the others are being killed.
+        """
+        os.killpg(self.process.pid, signal.SIGSTOP)  # the raylet stops too: no new workers start
+        frozen: set[int] = set()
+        while tree := _descendants(self.process.pid) - frozen:
+            for pid in tree:
+                _signal(pid, signal.SIGSTOP)
+            frozen |= tree
         os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in frozen:
+            _signal(pid, signal.SIGKILL)
         self.process.wait(60)
 
     def stop(self) -> None:
@@ -61,6 +76,32 @@ class Service:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below `root`, from the parent pids in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended
+        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(text.split(" ", 1)[0]))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
 
 
 def _state(service: Service, request_id: str) -> dict:

@@ -48,6 +48,7 @@ import numpy as np
 from benchmarks.common import median, write_results
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig, TrackingConfig
 from orchestration.datasets import load_dataset
+from orchestration.datasets.cache import train_cache_file
 from orchestration.frozen.features import feature_files
 from orchestration.frozen.pretrain import pretrain
 from orchestration.frozen.public import public_ids
@@ -105,11 +106,36 @@ def run_config(workload: Workload, mode: str, shards: int, slices: int, spec: di
                      pretrain=SisaConfig(num_shards=1, num_slices=1, epochs=spec["pretrain_epochs"]))
 
 
-def copy_run(session: Session, run_dir: Path, data: tuple[SampleTable, SampleTable]) -> Session:
-    """A copy of a trained run (directory, checkpoints, stored features) that can be changed on its own."""
+def copy_run(session: Session, run_dir: Path) -> RunConfig:
+    """Copy a trained run to `run_dir`, to be changed on its own; returns the config that opens the copy.
+
+    The copy has its directory (checkpoints, stored features, cached outputs) and its own copy of the
+    decoded-data cache (`data.cache_dir`), so its deletions purge their rows from its cache as a
+    user's run does, and leave whole the cache the next copy opens (a run whose cache lost rows to
+    another run's deletion decodes the source files instead). Data sets that are not decoded from
+    files (digits) have no cache to copy.
+    """
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(session.run.run_dir, run_dir, ignore=shutil.ignore_patterns("lock"))
-    return open_run(run_dir, session.config, data)
+    source = train_cache_file(session.config.data)
+    if source is None:
+        return session.config
+    cache = _copy_cache(run_dir)
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    for part in (source, source.with_name(source.name.replace("-train.parquet", "-test.parquet"))):
+        shutil.copy2(part, cache / part.name)
+    return dataclasses.replace(session.config, data=dataclasses.replace(session.config.data, cache_dir=str(cache)))
+
+
+def _copy_cache(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + "-data")
+
+
+def remove_copy(run_dir: Path) -> None:
+    """Delete a copy made by `copy_run`, with its data cache."""
+    shutil.rmtree(run_dir)
+    shutil.rmtree(_copy_cache(run_dir), ignore_errors=True)
 
 
 def accuracy(session: Session, logits_of: Any) -> dict[str, float]:
@@ -141,7 +167,9 @@ def deletions(session: Session, data: tuple[SampleTable, SampleTable], deletable
     """Serve `repeats` single-sample requests, each on a fresh copy of the run."""
     result: dict[str, list] = {"ids": [], "forget_s": [], "serve_s": [], "retrain_s": [], "samples_epochs": []}
     for repeat in range(repeats):
-        copy = copy_run(session, root / f"copy-{repeat}", data)
+        config = copy_run(session, root / f"copy-{repeat}")
+        # From its own cache when it has one (as a command opens it, so a deletion purges the cache too).
+        copy = open_run(root / f"copy-{repeat}", config, None if config.data.cache_dir else data)
         sample = int(rng.choice(deletable))
         began = time.perf_counter()
         report = copy.run.forget([sample], reason="benchmark")
@@ -150,7 +178,7 @@ def deletions(session: Session, data: tuple[SampleTable, SampleTable], deletable
         result["serve_s"].append(report.seconds)
         result["retrain_s"].append(sum(r.seconds for r in report.shards))
         result["samples_epochs"].append(report.samples_epochs)
-        shutil.rmtree(copy.run.run_dir)
+        remove_copy(copy.run.run_dir)
     result["median_s"] = median(result["forget_s"])
     result["median_retrain_s"] = median(result["retrain_s"])
     return result
@@ -184,9 +212,11 @@ def end_to_end(session: Session, data: tuple[SampleTable, SampleTable], deletabl
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     seconds = []
     for repeat in range(repeats + 1):
-        copy = copy_run(session, root / f"cli-{repeat}", data)
-        argv = ["-m", "orchestration.cli", "forget", "--run-dir", str(copy.run.run_dir),
-                "--ids", str(int(rng.choice(deletable))), "--engine", "local", "--no-track"]
+        run_dir = root / f"cli-{repeat}"
+        config = copy_run(session, run_dir)
+        settings = ["--set", f"data.cache_dir={config.data.cache_dir}"] if config.data.cache_dir else []
+        argv = ["-m", "orchestration.cli", "forget", "--run-dir", str(run_dir),
+                "--ids", str(int(rng.choice(deletable))), "--engine", "local", "--no-track", *settings]
         profile = root / "forget.prof"
         if repeat == repeats:  # the last one runs under the profiler, to see where the time goes
             argv = ["-m", "cProfile", "-o", str(profile), *argv]
@@ -197,7 +227,7 @@ def end_to_end(session: Session, data: tuple[SampleTable, SampleTable], deletabl
             raise RuntimeError(f"unlearn forget failed: {done.stderr.strip().splitlines()[-1:]}")
         if repeat < repeats:
             seconds.append(elapsed)
-        shutil.rmtree(copy.run.run_dir)
+        remove_copy(run_dir)
     return {"mode": session.config.sisa.trainable, "shards": session.config.sisa.num_shards, "command_s": seconds,
             "median_s": median(seconds), "breakdown": breakdown(profile), "imports_s": _timed_python(
                 "import orchestration.cli", env), "optimizer_first_use_s": _timed_python(
@@ -211,6 +241,7 @@ PHASES = {
     "retrain the affected slices": ("sisa/training.py", "train"),
     "purge checkpoints": ("sisa/unlearning.py", "purge_stale"),
     "purge stored feature rows": ("orchestration/frozen/features.py", "destroy_feature_rows"),
+    "purge the decoded-data cache's rows": ("orchestration/runs.py", "purge_cached_rows"),
     "test accuracy after the deletion": ("orchestration/status.py", "accuracies"),
     "export the new model version (done with --no-track too)": ("orchestration/commands.py", "export_ensemble"),
 }
@@ -238,7 +269,9 @@ def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: 
                  rng: np.random.Generator) -> dict[str, Any]:
     """Every measurement of one workload."""
     root.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(workload.data)
+    # Loaded with the runs' own data settings, so that their decoded-data cache file is known
+    # (`train_cache_file`) and every copy of a run gets a copy of it.
+    data = load_dataset(dataclasses.replace(workload.data, public_fraction=public_fraction))
     train, test = data
     backbone = root / f"{workload.name}-backbone.pt"
     config = run_config(workload, "full", 1, 1, spec, backbone, public_fraction)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sisa import aggregate
+from sisa import PREDICT_BATCH, aggregate
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Outputs:
 
 @torch.no_grad()
 def outputs(models: Sequence[nn.Module], how: str, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-            batch_size: int = 2048) -> Outputs:
+            batch_size: int = PREDICT_BATCH) -> Outputs:
     """Run `models` (one, or an ensemble aggregated by `how`) on every split of `sets`.
 
     Each batch goes to the device of the model that reads it; outputs come back to the CPU.

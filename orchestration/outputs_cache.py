@@ -12,6 +12,15 @@ deleted sample. So entries go with their checkpoints: the purger destroys every 
 no longer a shard's final key (recording each in the ledger), entries are written only under the
 run's lock while their key is still final (a deletion in another process cannot slip between), and
 `unlearn audit` reports any entry left behind.
+
+A head-mode run (a frozen backbone, `sisa.trainable = "head"`) also keeps the backbone's features
+of the test set, so that evaluating a retrained head does not run the backbone over the whole test
+set again:
+
+    run_dir/cache/test-features/<fingerprint, 16 hex>-<test digest, 16 hex>.pt   {"fingerprint", "test", "features"}
+
+They are outputs of the backbone (trained on non-deletable data, and bound into the fingerprint) on
+test samples, which no deletion removes, so no request ever needs to destroy them.
 """
 
 from __future__ import annotations
@@ -27,13 +36,13 @@ import torch
 
 from orchestration.evaluation import model_device
 from orchestration.timings import phase
-from sisa import SisaRun
+from sisa import PREDICT_BATCH, SisaRun
 from sisa.encoding import encode_inputs
 from sisa.ledger import Request
 
 FOLDER = Path("cache") / "outputs"
+FEATURES = Path("cache") / "test-features"
 _NAME = re.compile(r"^shard-(\d+)-(\w+)\.pt$")
-_BATCH = 2048
 
 
 def _folder(run: SisaRun) -> Path:
@@ -79,15 +88,32 @@ def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mappi
     missing = {shard: key for shard, key in keys.items() if cached[shard] is None}
     if missing:
         with phase("evaluation"):
-            if run.encoder is not None:  # a frozen backbone: one pass over x, the heads run on its features
-                x = encode_inputs(run.encoder, x, fixed_batches=False)
+            if run.encoder is not None:  # a frozen backbone: its features of x (one pass, once), the heads run on them
+                x = _test_features(run, x, test_digest)
             for shard, model in run.constituents(missing):
                 device = model_device(model)
-                cached[shard] = torch.cat([model(b.to(device)).cpu() for b in x.split(_BATCH)])
+                cached[shard] = torch.cat([model(b.to(device)).cpu() for b in x.split(PREDICT_BATCH)])
         _store(run, missing, cached, test_digest)
     if not cached:
         run.constituents(keys)  # raises the run's own error for an ensemble with no constituent
     return torch.stack([cached[shard] for shard in sorted(cached)])
+
+
+def _test_features(run: SisaRun, x: torch.Tensor, test_digest: str) -> torch.Tensor:
+    """The frozen backbone's features of the test inputs `x`: read back, or computed once and kept."""
+    path = run.run_dir / FEATURES / f"{run.fingerprint[:16]}-{test_digest[:16]}.pt"
+    try:
+        entry = torch.load(path, weights_only=True)
+        if entry.get("fingerprint") == run.fingerprint and entry.get("test") == test_digest:
+            return entry["features"]
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        pass  # missing or unreadable: computed again below
+    features = encode_inputs(run.encoder, x, fixed_batches=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"fingerprint": run.fingerprint, "test": test_digest, "features": features}, tmp)
+    tmp.replace(path)
+    return features
 
 
 def _store(run: SisaRun, computed: Mapping[int, str], logits: Mapping[int, torch.Tensor], test_digest: str) -> None:

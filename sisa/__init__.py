@@ -7,7 +7,7 @@ from sisa.aggregation import aggregate, majority_vote, mean_posterior
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
 from sisa.encoding import encode
-from sisa.ensemble import DeletionReport, SisaRun
+from sisa.ensemble import PREDICT_BATCH, DeletionReport, SisaRun
 from sisa.errors import (
     CheckpointCorruptError,
     ConfigMismatchError,
@@ -29,6 +29,7 @@ __all__ = [
     "Frozen",
     "InvalidRequestError",
     "Ledger",
+    "PREDICT_BATCH",
     "PendingRequestError",
     "SampleTable",
     "ShardJob",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,36 @@ def test_service_benchmark_quick_mode_times_every_path(tmp_path):
     assert ray_phases["ray start"] > 0 and ray_phases["actor start"] > 0 and "evaluation" in ray_phases
     assert summary["service"]["median_s"] > 0 and summary["monolithic_median_s"] > 0
     assert results["predictions"]["idle"]["answers"] > 0 and results["predictions"]["deleting"]["answers"] > 0
+
+
+def test_frozen_benchmark_copies_of_a_run_have_their_own_data_cache(tmp_path):
+    """A deletion on one copy purges that copy's cache only: the next copy opens from a whole cache."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import frozen
+    from orchestration.config import DataConfig, RayConfig, RunConfig, TrackingConfig
+    from orchestration.datasets.cache import cached_ids, purged_rows
+    from orchestration.runs import open_run
+    from sisa import SisaConfig
+    from tests.orchestration.test_sources import image_table
+
+    pq.write_table(image_table(60, "user-", 0), tmp_path / "train.parquet")
+    pq.write_table(image_table(12, "test-", 1), tmp_path / "test.parquet")
+    data = DataConfig(name="parquet", path=str(tmp_path / "train.parquet"), test_path=str(tmp_path / "test.parquet"),
+                      id_column="user_id", cache_dir=str(tmp_path / "cache"))
+    config = RunConfig(data=data, sisa=SisaConfig(num_shards=2, num_slices=1, epochs=1), ray=RayConfig(engine="local"),
+                       tracking=TrackingConfig(enabled=False))
+    session = open_run(tmp_path / "run", config)
+    session.run.train()
+    (shared,) = (tmp_path / "cache").glob("*-train.parquet")
+
+    copied = frozen.copy_run(session, tmp_path / "copy-0")
+    own = next(Path(copied.data.cache_dir).glob("*-train.parquet"))
+    assert own.name == shared.name and own.parent != shared.parent
+    copy = frozen.open_run(tmp_path / "copy-0", copied)
+    sample = int(copy.run.table.ids[0])
+    copy.run.forget([sample])
+    assert purged_rows(own) == 1 and sample not in cached_ids(own), "the copy's deletion purges the copy's cache"
+    assert purged_rows(shared) == 0 and sample in cached_ids(shared), "and leaves the cache the next copy copies"
+    frozen.remove_copy(tmp_path / "copy-0")
+    assert not (tmp_path / "copy-0").exists() and not own.parent.exists()

@@ -35,11 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sisa import aggregate
+from sisa import PREDICT_BATCH, aggregate
 
 log = logging.getLogger(__name__)
 
-_BATCH = 512
 FOLLOW_TIMEOUT_S = 30.0
 """How long one long poll of the board waits for a new version before asking again."""
 
@@ -156,7 +155,7 @@ class ServedEnsemble:
             raise NoVersionError(f"version {self.number} has no model: every training sample was deleted")
         inputs = torch.from_numpy(x).reshape(len(x), *self.sample_shape)
         # Batches bound the activations' memory (a CNN's first layer alone is ~100 KB per sample).
-        logits = torch.stack([torch.cat([model(b) for b in inputs.split(_BATCH)])
+        logits = torch.stack([torch.cat([model(b) for b in inputs.split(PREDICT_BATCH)])
                               for model in self.models])  # (models, samples, classes)
         probabilities = logits.softmax(-1).mean(0)
         labels = aggregate(logits, self.how).tolist()

@@ -101,6 +101,32 @@ def test_head_mode_train_forget_status_predict_and_audit(backbone, tmp_path, cap
     assert "checked ledger, store, features, run dir, outputs cache, data cache, mlflow, retrain" in out
 
 
+def test_head_mode_runs_the_backbone_over_the_test_set_once_and_keeps_its_features_through_deletions(
+        backbone, tmp_path, capsys, monkeypatch):
+    import orchestration.outputs_cache as outputs_cache
+    from orchestration.status import accuracies
+
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", "--run-dir", str(run_dir), *_frozen(backbone, "head"))[0] == 0
+    (features,) = (run_dir / outputs_cache.FEATURES).iterdir()
+    passes = []
+    original = outputs_cache.encode_inputs
+    monkeypatch.setattr(outputs_cache, "encode_inputs", lambda *a, **k: passes.append(len(a[1])) or original(*a, **k))
+    _, private = _public_and_private(str(run_dir))
+    code, out, err = run_cli(capsys, "forget", "--run-dir", str(run_dir), "--ids", str(private[0]), "--engine", "local",
+                             "--no-track")
+    assert code == 0 and "test accuracy" in out, err
+    assert passes == [], "the retrained head was scored on the stored test features, not a new backbone pass"
+    assert features.exists() and run_cli(capsys, "audit", "--run-dir", str(run_dir), "--no-track")[0] == 0
+
+    session = open_session(run_dir, overrides=["ray.engine=local"])
+    expected = accuracies(session)
+    features.write_bytes(b"not a tensor file")  # unreadable: the backbone runs again, the scores do not change
+    for entry in (run_dir / outputs_cache.FOLDER).iterdir():
+        entry.unlink()
+    assert accuracies(session) == expected and passes == [len(session.test)]
+
+
 def test_head_mode_audit_finds_feature_rows_of_deleted_samples(backbone, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     assert run_cli(capsys, "train", "--run-dir", run_dir, *_frozen(backbone, "head"))[0] == 0

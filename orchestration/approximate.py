@@ -21,6 +21,7 @@ from orchestration.derived import mark_derived
 from orchestration.evaluation import outputs
 from orchestration.runs import Session
 from sisa import SampleTable, SisaRun
+from sisa.ensemble import MANIFEST
 from sisa.plan import ShardPlan
 
 
@@ -50,7 +51,7 @@ def single_model_run(session: Session) -> SisaRun:
     """
     run = session.run
     folder = run.run_dir / "single"
-    if not (folder / "run.json").exists():
+    if not (folder / MANIFEST).exists():
         mark_derived(folder, run, "single")
     config = dataclasses.replace(session.config.sisa, num_shards=1, num_slices=1)
     return SisaRun(folder, run.table.take(run.retained_ids()), run.trainer.model_factory, config,

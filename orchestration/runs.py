@@ -39,7 +39,7 @@ from orchestration.registry import destroy_published_versions
 from orchestration.timings import phase
 from sisa import SampleTable, SisaRun
 from sisa.config import fingerprint
-from sisa.ensemble import resolve_store
+from sisa.ensemble import MANIFEST, resolve_store
 from sisa.errors import ConfigMismatchError, RunBindingError
 from sisa.ledger import Request, ids_digest_hex
 
@@ -125,6 +125,13 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
             data = load_dataset(config.data)
         # Only data this command read from the project's cache ties the run to that cache file.
         cache_file = train_cache_file(config.data)
+        if cache_file is not None and purged_rows(cache_file) and not (run_dir / MANIFEST).exists():
+            # A new run trains on the data set its source files hold; the cached copy lacks the
+            # rows other runs' deletions purged from it (and is not written back: they stay out).
+            log.info("the cached copy of %s lacks rows deleted by another run; a new run reads the source files",
+                     config.data.name)
+            with bypassed(), phase("data load"):
+                data = load_dataset(config.data)
     else:
         cache_file = None
     train, test = data

@@ -73,6 +73,8 @@ PREDICT_BATCH = 256
 sample: at 1,024-2,048 the small CNN's activations (2,048 x 32 x 28 x 28 floats, 200 MB)
 overflow the caches, and a pass over a test set takes 1.5-2 times as long as at 256."""
 RUN_FORMAT = 2
+MANIFEST = "run.json"
+"""The run's manifest in its directory; written last when a run is made, so a run exists once it does."""
 SECRET_BYTES = 32
 
 
@@ -181,7 +183,7 @@ class SisaRun:
 
     # -- creation and binding ----------------------------------------------------------------
     def _open_or_create(self, store_uri: str | None, secret: bytes | None) -> tuple[dict[str, Any], bytes]:
-        path = self.run_dir / "run.json"
+        path = self.run_dir / MANIFEST
         if not path.exists():
             return self._create(store_uri, secret)
         made = json.loads(path.read_text())
@@ -222,7 +224,7 @@ class SisaRun:
         manifest = {"format": RUN_FORMAT, "run_id": run_id, "fingerprint": self.fingerprint, "seed": self.seed,
                     "sisa": asdict(self.config), "store": store_uri or None,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_atomic(self.run_dir / "run.json", json.dumps(manifest, indent=2))  # last: the run now exists
+        _write_atomic(self.run_dir / MANIFEST, json.dumps(manifest, indent=2))  # last: the run now exists
         return manifest, secret
 
     def _move_store(self, path: Path, made: dict[str, Any], store_uri: str) -> dict[str, Any]:

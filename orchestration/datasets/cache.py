@@ -7,7 +7,7 @@ makes is written by `cached`, so what holds a copy of the data is known in one p
 
 The cache is the project's copy, so a deletion purges the deleted rows from it (`purge_rows`; the
 user's source files stay the user's business). Another run on the same data set that did not
-delete those rows finds them missing: it decodes from the source files instead, without writing
+delete those rows, a new run included, finds them missing: it decodes from the source files instead, without writing
 the cache back (`bypassed`), so the purged rows never return to it.
 """
 

@@ -50,6 +50,21 @@ def test_a_deletion_purges_its_rows_from_the_cache_and_another_run_on_the_data_s
     assert np.isin(third, cached_ids(cache)).all()
 
 
+def test_a_new_run_on_data_another_run_deleted_from_trains_on_every_row_of_the_sources(tmp_path):
+    data = _data(tmp_path)
+    assert main(["train", "--run-dir", str(tmp_path / "a"), *SETTINGS, *data]) == 0
+    a = open_session(tmp_path / "a", flags=LOCAL)
+    rows, deleted = len(a.run.table), a.run.table.ids[:3]
+    a.run.forget(deleted)
+    cache = train_cache_file(a.config.data)
+    assert purged_rows(cache) == 3
+
+    assert main(["train", "--run-dir", str(tmp_path / "b"), *SETTINGS, *data]) == 0
+    b = open_session(tmp_path / "b", flags=LOCAL)
+    assert len(b.run.table) == rows and np.isin(deleted, b.run.retained_ids()).all(), "not the cache's rows less 3"
+    assert purged_rows(cache) == 3 and not np.isin(deleted, cached_ids(cache)).any(), "nothing is written back"
+
+
 def test_the_audit_finds_deleted_rows_left_in_the_cache(tmp_path):
     data = _data(tmp_path)
     assert main(["train", "--run-dir", str(tmp_path / "a"), *SETTINGS, *data]) == 0

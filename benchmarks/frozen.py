@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import median, write_results
+from benchmarks.common import copy_run_dir, median, remove_run_copy, write_results
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig, TrackingConfig
 from orchestration.datasets import load_dataset
 from orchestration.datasets.cache import train_cache_file
@@ -107,35 +107,12 @@ def run_config(workload: Workload, mode: str, shards: int, slices: int, spec: di
 
 
 def copy_run(session: Session, run_dir: Path) -> RunConfig:
-    """Copy a trained run to `run_dir`, to be changed on its own; returns the config that opens the copy.
-
-    The copy has its directory (checkpoints, stored features, cached outputs) and its own copy of the
-    decoded-data cache (`data.cache_dir`), so its deletions purge their rows from its cache as a
-    user's run does, and leave whole the cache the next copy opens (a run whose cache lost rows to
-    another run's deletion decodes the source files instead). Data sets that are not decoded from
-    files (digits) have no cache to copy.
-    """
-    shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(session.run.run_dir, run_dir, ignore=shutil.ignore_patterns("lock"))
-    source = train_cache_file(session.config.data)
-    if source is None:
+    """Copy a trained run to `run_dir` (`copy_run_dir`: its own data cache); returns the config that opens it."""
+    settings = copy_run_dir(session.run.run_dir, run_dir, train_cache_file(session.config.data))
+    if not settings:
         return session.config
-    cache = _copy_cache(run_dir)
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
-    for part in (source, source.with_name(source.name.replace("-train.parquet", "-test.parquet"))):
-        shutil.copy2(part, cache / part.name)
-    return dataclasses.replace(session.config, data=dataclasses.replace(session.config.data, cache_dir=str(cache)))
-
-
-def _copy_cache(run_dir: Path) -> Path:
-    return run_dir.with_name(run_dir.name + "-data")
-
-
-def remove_copy(run_dir: Path) -> None:
-    """Delete a copy made by `copy_run`, with its data cache."""
-    shutil.rmtree(run_dir)
-    shutil.rmtree(_copy_cache(run_dir), ignore_errors=True)
+    cache = settings[1].partition("=")[2]
+    return dataclasses.replace(session.config, data=dataclasses.replace(session.config.data, cache_dir=cache))
 
 
 def accuracy(session: Session, logits_of: Any) -> dict[str, float]:
@@ -178,7 +155,7 @@ def deletions(session: Session, data: tuple[SampleTable, SampleTable], deletable
         result["serve_s"].append(report.seconds)
         result["retrain_s"].append(sum(r.seconds for r in report.shards))
         result["samples_epochs"].append(report.samples_epochs)
-        remove_copy(copy.run.run_dir)
+        remove_run_copy(copy.run.run_dir)
     result["median_s"] = median(result["forget_s"])
     result["median_retrain_s"] = median(result["retrain_s"])
     return result
@@ -227,7 +204,7 @@ def end_to_end(session: Session, data: tuple[SampleTable, SampleTable], deletabl
             raise RuntimeError(f"unlearn forget failed: {done.stderr.strip().splitlines()[-1:]}")
         if repeat < repeats:
             seconds.append(elapsed)
-        remove_copy(run_dir)
+        remove_run_copy(run_dir)
     return {"mode": session.config.sisa.trainable, "shards": session.config.sisa.num_shards, "command_s": seconds,
             "median_s": median(seconds), "breakdown": breakdown(profile), "imports_s": _timed_python(
                 "import orchestration.cli", env), "optimizer_first_use_s": _timed_python(

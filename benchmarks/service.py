@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from benchmarks.common import SHARED_MNIST, median, write_results
+from benchmarks.common import SHARED_MNIST, copy_run_dir, median, remove_run_copy, write_results
+from orchestration.datasets.cache import train_cache_file
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-token"
@@ -80,12 +81,6 @@ def _sets(settings: list[str]) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
 
 
-def _copy(run_dir: Path, to: Path) -> Path:
-    shutil.rmtree(to, ignore_errors=True)
-    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns("lock"))
-    return to
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -104,14 +99,17 @@ def monolithic(work: Path, env: dict[str, str], settings: list[str], repeats: in
     return seconds
 
 
-def command(work: Path, env: dict[str, str], trained: Path, ids: list[int], flags: list[str]) -> list[dict[str, float]]:
-    """`unlearn forget --ids <id> --timings` on a fresh copy per id: wall seconds and the breakdown."""
+def command(work: Path, env: dict[str, str], trained: Path, cache_file: Path | None, ids: list[int],
+            flags: list[str]) -> list[dict[str, float]]:
+    """`unlearn forget --ids <id> --timings` on a fresh copy per id (its own data cache): wall seconds and the breakdown."""
     results = []
     for number, sample in enumerate(ids):
-        target = _copy(trained, work / f"forget-{number}")
-        seconds, stderr = _cli(["forget", "--run-dir", str(target), "--ids", str(sample), "--timings", *flags], work, env)
+        target = work / f"forget-{number}"
+        own = copy_run_dir(trained, target, cache_file)
+        seconds, stderr = _cli(["forget", "--run-dir", str(target), "--ids", str(sample), "--timings", *flags, *own],
+                               work, env)
         results.append({"wall_s": seconds, **parse_timings(stderr)})
-        shutil.rmtree(target)
+        remove_run_copy(target)
     return results
 
 
@@ -217,19 +215,22 @@ def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) 
     _cli(["train", "--run-dir", str(trained), *tracking, *_sets(spec["settings"])], work, env)
     from orchestration.runs import open_session
 
-    retained = open_session(trained).run.retained_ids()
+    session = open_session(trained)
+    retained, cache_file = session.run.retained_ids(), train_cache_file(session.config.data)
+    del session
     # `repeats` ids for the timed deletions, then a pool for the deletions served under prediction load.
     ids = np.random.default_rng(seed).choice(retained, min(len(retained), repeats + 100), replace=False).tolist()
     results: dict[str, Any] = {"workload": {"settings": spec["settings"], "repeats": repeats, "ids": ids[:repeats],
                                             "tracking": track}}
     results["monolithic_s"] = monolithic(work, env, spec["settings"], repeats, tracking)
     results["command"] = {
-        "ray": command(work, env, trained, ids[:repeats], tracking),
-        "local-1t": command(work, env, trained, ids[:repeats], [*tracking, "--engine", "local"]),
-        "local-2t": command(work, env, trained, ids[:repeats],
+        "ray": command(work, env, trained, cache_file, ids[:repeats], tracking),
+        "local-1t": command(work, env, trained, cache_file, ids[:repeats], [*tracking, "--engine", "local"]),
+        "local-2t": command(work, env, trained, cache_file, ids[:repeats],
                             [*tracking, "--engine", "local", "--set", "ray.driver_threads=2"]),
     }
-    service = Service(_copy(trained, work / "service"), env, tracking)
+    own = copy_run_dir(trained, work / "service", cache_file)
+    service = Service(work / "service", env, [*tracking, *own])
     try:
         results["service"] = {"start_s": service.start_s, "done_s": [service.forget(sample) for sample in ids[:repeats]]}
         rows = _test_rows(spec["settings"], spec["batch"])

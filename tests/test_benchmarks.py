@@ -159,5 +159,5 @@ def test_frozen_benchmark_copies_of_a_run_have_their_own_data_cache(tmp_path):
     copy.run.forget([sample])
     assert purged_rows(own) == 1 and sample not in cached_ids(own), "the copy's deletion purges the copy's cache"
     assert purged_rows(shared) == 0 and sample in cached_ids(shared), "and leaves the cache the next copy copies"
-    frozen.remove_copy(tmp_path / "copy-0")
+    frozen.remove_run_copy(tmp_path / "copy-0")
     assert not (tmp_path / "copy-0").exists() and not own.parent.exists()

@@ -136,6 +136,7 @@ class DeletionWorker:
             self._failure(names, err)
             return
         assert report is not None and report.request_ids == names  # nothing else serves this run
+        served = time.perf_counter()
         keys = {s: k for s, k in {**self._keys, **report.final_keys}.items()
                 if s not in report.dirty or s in report.final_keys}  # emptied shards drop out
         while True:  # the ledger says done: the swap must happen before anything else does
@@ -144,8 +145,10 @@ class DeletionWorker:
                 break
             except Exception as err:  # noqa: BLE001 - the replicas keep the old version until it succeeds
                 self._failure(names, err)
-        log.info("done %s: retrained %s, %d samples x epochs, %.2f s", ", ".join(names), report.retrained or "nothing",
-                 report.samples_epochs, time.perf_counter() - began)
+        training = sum(shard.seconds for shard in report.shards)
+        log.info("done %s: retrained %s, %d samples x epochs, %.2f s (retraining %.2f s, purges and ledger %.2f s, "
+                 "swap to every replica %.2f s)", ", ".join(names), report.retrained or "nothing", report.samples_epochs,
+                 time.perf_counter() - began, training, served - began - training, time.perf_counter() - served)
         self._after(report, began)
 
     def _failure(self, names: list[str], err: Exception) -> None:

@@ -145,10 +145,12 @@ class DeletionWorker:
                 break
             except Exception as err:  # noqa: BLE001 - the replicas keep the old version until it succeeds
                 self._failure(names, err)
+        # Shards retrain in parallel on the actors, so their seconds are summed, not subtracted from the wall time.
         training = sum(shard.seconds for shard in report.shards)
-        log.info("done %s: retrained %s, %d samples x epochs, %.2f s (retraining %.2f s, purges and ledger %.2f s, "
-                 "swap to every replica %.2f s)", ", ".join(names), report.retrained or "nothing", report.samples_epochs,
-                 time.perf_counter() - began, training, served - began - training, time.perf_counter() - served)
+        log.info("done %s: retrained %s, %d samples x epochs, %.2f s (served in %.2f s, shard training %.2f s summed "
+                 "over shards; swap to every replica %.2f s)", ", ".join(names), report.retrained or "nothing",
+                 report.samples_epochs, time.perf_counter() - began, served - began, training,
+                 time.perf_counter() - served)
         self._after(report, began)
 
     def _failure(self, names: list[str], err: Exception) -> None:

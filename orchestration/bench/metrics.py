@@ -234,7 +234,10 @@ def forget_quality(unlearned: np.ndarray, retrained: np.ndarray, ra_ratio: float
 
 def confidence(margins: np.ndarray) -> np.ndarray:
     """p_y from the margin log p_y - log(1 - p_y): the logistic function."""
-    return 1 / (1 + np.exp(-np.asarray(margins, np.float64)))
+    # A margin below about -709 overflows exp to inf, and 1 / (1 + inf) is exactly 0, the right
+    # limit: the overflow is expected, so it is not reported to the user as a warning.
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-np.asarray(margins, np.float64)))
 
 
 def mia_efficacy(retain_margins: np.ndarray, test_margins: np.ndarray, forget_margins: np.ndarray,

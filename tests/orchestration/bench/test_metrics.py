@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -159,6 +160,14 @@ def test_double_threshold_rates_equal_testing_every_interval_of_the_grid():
 
 
 # --- Sanity checks and statistics ---
+
+
+def test_confidence_of_extreme_margins_is_zero_or_one_without_a_warning():
+    # Memorised or badly wrong samples reach margins of +-1000 in float64; exp(1000) overflows.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = metrics.confidence(np.array([-1000.0, 0.0, 1000.0]))
+    assert p.tolist() == [0.0, 0.5, 1.0]
 
 
 def test_mia_efficacy_counts_forget_samples_called_non_members():

@@ -87,8 +87,13 @@ def test_frozen_benchmark_quick_mode_compares_every_mode_and_times_the_command(t
     from orchestration.datasets import load_dataset
     from orchestration.frozen.public import public_ids
 
+    # A workload measured earlier (`--only` another one) stays in the file as it was.
+    (tmp_path / "frozen-quick.json").write_text(json.dumps({"workloads": {"earlier": {"samples": 7}}}))
     frozen.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
-    digits = json.loads((tmp_path / "frozen-quick.json").read_text())["workloads"]["digits"]
+    workloads = json.loads((tmp_path / "frozen-quick.json").read_text())["workloads"]
+    assert workloads["earlier"] == {"samples": 7}
+    digits = workloads["digits"]
+    assert digits["recipes"]["full"]["epochs"] == 4 and digits["recipes"]["head"]["trainable"] == "head"
     config = DataConfig(name="digits", public_fraction=0.5)
     public = public_ids(config, load_dataset(config)[0])
     assert digits["public"] == len(public) and digits["pretrain"]["backbone_bytes"] > 0
@@ -107,6 +112,19 @@ def test_frozen_benchmark_quick_mode_compares_every_mode_and_times_the_command(t
     e2e = digits["end_to_end"]
     assert (e2e["mode"], e2e["shards"]) == ("head", 4) and e2e["median_s"] > e2e["in_process_median_s"] > 0
     assert e2e["breakdown"]["retrain the affected slices"] > 0 and e2e["breakdown"]["purge stored feature rows"] > 0
+
+
+def test_frozen_benchmark_pretrains_the_backbone_with_the_monolithic_models_recipe():
+    from benchmarks import frozen
+
+    for workload in frozen.FULL["workloads"]:
+        config = frozen.run_config(workload, "full", 1, 1, frozen.FULL, Path("backbone.pt"), 0.5)
+        assert config.pretrain == config.sisa  # backbone and monolithic model are trained alike
+        adapter = frozen.recipe("adapter", 16, 4, frozen.FULL, workload)
+        assert (adapter.epochs, adapter.augment) == (workload.epochs, workload.augment)
+        assert not frozen.recipe("head", 16, 4, frozen.FULL, workload).augment
+    cifar = next(w for w in frozen.FULL["workloads"] if w.name == "cifar10")
+    assert cifar.augment and cifar.epochs == 30
 
 
 def test_timings_line_of_a_command_parses_into_phases():

@@ -18,7 +18,7 @@ Per workload (Fashion-MNIST's full training split; a CIFAR-10 subset):
    deletion goes.
 
 Recipes: the full network (monolithic and full-network SISA) trains with SGD as the other
-benchmarks do; heads and adapters with AdamW (see RECIPES). Everything runs in one process, one
+benchmarks do; heads and adapters with AdamW (see `recipe`). Everything runs in one process, one
 thing at a time, so the times compare like for like; timings are only meaningful on an otherwise
 idle machine.
 
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_results(name, results, Path(args.out))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    for name in measured:
-        print(table_text(name, workloads[name]))
+    for workload_name in measured:
+        print(table_text(workload_name, workloads[workload_name]))
     return results
 
 

@@ -44,23 +44,24 @@ def write_results(name: str, results: dict[str, Any], folder: Path) -> Path:
     return path
 
 
-def copy_run_dir(run_dir: Path, to: Path, cache_file: Path | None) -> list[str]:
+def copy_run_dir(run_dir: Path, to: Path, train_cache: Path | None) -> list[str]:
     """Copy a trained run directory to `to`, with its own copy of the decoded-data cache.
 
     Returns the settings that open the copy on that cache (`--set data.cache_dir=...`; none when
-    the data set has no cache file). Each copy purges its deletions from its own cache, as a user's
+    the data set has no cache). Each copy purges its deletions from its own cache, as a user's
     run purges the project's cache, so a deletion on one copy does not leave the next copy with a
     cache missing rows it holds (which makes a run decode the source files: the data load of
     CIFAR-10's JPEG zip then costs 20 s and more).
     """
     remove_run_copy(to)
     shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns("lock"))
-    if cache_file is None:
+    if train_cache is None:
         return []
     cache = _cache_of(to)
     cache.mkdir(parents=True)
-    for part in (cache_file, cache_file.with_name(cache_file.name.replace("-train.parquet", "-test.parquet"))):
-        shutil.copy2(part, cache / part.name)
+    shutil.copytree(train_cache, cache / train_cache.name)
+    test = train_cache.with_name(train_cache.name.removesuffix("-train") + "-test.parquet")
+    shutil.copy2(test, cache / test.name)
     return ["--set", f"data.cache_dir={cache}"]
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from benchmarks.common import copy_run_dir, median, remove_run_copy, write_results
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig, TrackingConfig
 from orchestration.datasets import load_dataset
-from orchestration.datasets.cache import train_cache_file
+from orchestration.datasets.cache import train_cache
 from orchestration.frozen.features import feature_files
 from orchestration.frozen.pretrain import pretrain
 from orchestration.frozen.public import public_ids
@@ -121,7 +121,7 @@ def run_config(workload: Workload, mode: str, shards: int, slices: int, spec: di
 
 def copy_run(session: Session, run_dir: Path) -> RunConfig:
     """Copy a trained run to `run_dir` (`copy_run_dir`: its own data cache); returns the config that opens it."""
-    settings = copy_run_dir(session.run.run_dir, run_dir, train_cache_file(session.config.data))
+    settings = copy_run_dir(session.run.run_dir, run_dir, train_cache(session.config.data))
     if not settings:
         return session.config
     cache = settings[1].partition("=")[2]
@@ -259,8 +259,8 @@ def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: 
                  rng: np.random.Generator) -> dict[str, Any]:
     """Every measurement of one workload."""
     root.mkdir(parents=True, exist_ok=True)
-    # Loaded with the runs' own data settings, so that their decoded-data cache file is known
-    # (`train_cache_file`) and every copy of a run gets a copy of it.
+    # Loaded with the runs' own data settings, so that their decoded-data cache is known
+    # (`train_cache`) and every copy of a run gets a copy of it.
     data = load_dataset(dataclasses.replace(workload.data, public_fraction=public_fraction))
     train, test = data
     backbone = root / f"{workload.name}-backbone.pt"

@@ -43,7 +43,7 @@ import numpy as np
 import requests
 
 from benchmarks.common import SHARED_MNIST, copy_run_dir, median, remove_run_copy, write_results
-from orchestration.datasets.cache import train_cache_file
+from orchestration.datasets.cache import train_cache
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-token"
@@ -77,6 +77,29 @@ def parse_timings(stderr: str) -> dict[str, float]:
     raise ValueError(f"no timings line in: {stderr[-500:]}")
 
 
+_DONE = re.compile(r"done (r-\d+): .*, ([\d.]+) s \(served in ([\d.]+) s, shard training ([\d.]+) s summed over "
+                   r"shards; swap to every replica ([\d.]+) s\)")
+
+
+def parse_done(lines: list[str], request_id: str) -> dict[str, float]:
+    """The service's own account of one request (its `done` log line): seconds in the worker, of which
+    serving the request (retraining and purging) and the swap to every replica, and the shards' training
+    summed over shards."""
+    for line in reversed(lines):
+        match = _DONE.search(line)
+        if match and match[1] == request_id:
+            return {"worker_s": float(match[2]), "served_s": float(match[3]), "shard_training_s": float(match[4]),
+                    "swap_s": float(match[5])}
+    raise ValueError(f"no done line for {request_id} in: {''.join(lines)[-500:]}")
+
+
+def _worker_account(lines: list[str], request_id: str) -> dict[str, float] | None:
+    try:
+        return parse_done(lines, request_id)
+    except ValueError:  # the replica's log did not reach the service's stderr: the breakdown is missing, not wrong
+        return None
+
+
 def _sets(settings: list[str]) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
 
@@ -99,13 +122,13 @@ def monolithic(work: Path, env: dict[str, str], settings: list[str], repeats: in
     return seconds
 
 
-def command(work: Path, env: dict[str, str], trained: Path, cache_file: Path | None, ids: list[int],
+def command(work: Path, env: dict[str, str], trained: Path, data_cache: Path | None, ids: list[int],
             flags: list[str]) -> list[dict[str, float]]:
     """`unlearn forget --ids <id> --timings` on a fresh copy per id (its own data cache): wall seconds and the breakdown."""
     results = []
     for number, sample in enumerate(ids):
         target = work / f"forget-{number}"
-        own = copy_run_dir(trained, target, cache_file)
+        own = copy_run_dir(trained, target, data_cache)
         seconds, stderr = _cli(["forget", "--run-dir", str(target), "--ids", str(sample), "--timings", *flags, *own],
                                work, env)
         results.append({"wall_s": seconds, **parse_timings(stderr)})
@@ -133,8 +156,8 @@ class Service:
             time.sleep(0.2)
         self.start_s = time.perf_counter() - began
 
-    def forget(self, sample: int) -> float:
-        """Seconds from POST /forget to GET /requests/<id> saying done."""
+    def forget(self, sample: int) -> tuple[float, str]:
+        """Seconds from POST /forget to GET /requests/<id> saying done, and the request's id."""
         auth = {"Authorization": f"Bearer {TOKEN}"}
         began = time.perf_counter()
         answer = requests.post(f"{self.url}/forget", json={"ids": [sample]}, headers=auth, timeout=600)
@@ -142,7 +165,7 @@ class Service:
         location = f"{self.url}{answer.json()['location']}"
         while requests.get(location, headers=auth, timeout=600).json()["state"] != "done":
             time.sleep(0.01)
-        return time.perf_counter() - began
+        return time.perf_counter() - began, answer.json()["request_id"]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -216,7 +239,7 @@ def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) 
     from orchestration.runs import open_session
 
     session = open_session(trained)
-    retained, cache_file = session.run.retained_ids(), train_cache_file(session.config.data)
+    retained, data_cache = session.run.retained_ids(), train_cache(session.config.data)
     del session
     # `repeats` ids for the timed deletions, then a pool for the deletions served under prediction load.
     ids = np.random.default_rng(seed).choice(retained, min(len(retained), repeats + 100), replace=False).tolist()
@@ -224,15 +247,18 @@ def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) 
                                             "tracking": track}}
     results["monolithic_s"] = monolithic(work, env, spec["settings"], repeats, tracking)
     results["command"] = {
-        "ray": command(work, env, trained, cache_file, ids[:repeats], tracking),
-        "local-1t": command(work, env, trained, cache_file, ids[:repeats], [*tracking, "--engine", "local"]),
-        "local-2t": command(work, env, trained, cache_file, ids[:repeats],
+        "ray": command(work, env, trained, data_cache, ids[:repeats], tracking),
+        "local-1t": command(work, env, trained, data_cache, ids[:repeats], [*tracking, "--engine", "local"]),
+        "local-2t": command(work, env, trained, data_cache, ids[:repeats],
                             [*tracking, "--engine", "local", "--set", "ray.driver_threads=2"]),
     }
-    own = copy_run_dir(trained, work / "service", cache_file)
+    own = copy_run_dir(trained, work / "service", data_cache)
     service = Service(work / "service", env, [*tracking, *own])
     try:
-        results["service"] = {"start_s": service.start_s, "done_s": [service.forget(sample) for sample in ids[:repeats]]}
+        served = [service.forget(sample) for sample in ids[:repeats]]
+        time.sleep(1)  # the done lines reach the log through Ray's log forwarding
+        results["service"] = {"start_s": service.start_s, "done_s": [seconds for seconds, _ in served],
+                              "worker": [_worker_account(service.lines, request) for _, request in served]}
         rows = _test_rows(spec["settings"], spec["batch"])
         results["predictions"] = {
             "idle": prediction_load(service, rows, spec["clients"], spec["load_s"]),
@@ -253,7 +279,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         summary["command"][variant] = {"median_s": breakdown["wall_s"], "speedup": mono / breakdown["wall_s"],
                                        "breakdown_median_s": breakdown}
     done = median(results["service"]["done_s"])
-    summary["service"] = {"median_s": done, "speedup": mono / done}
+    accounts = [entry for entry in results["service"]["worker"] if entry]
+    worker = {name: statistics.median(entry[name] for entry in accounts) for name in (accounts[0] if accounts else {})}
+    summary["service"] = {"median_s": done, "speedup": mono / done, "worker_median_s": worker}
     return {**results, "summary": summary}
 
 
@@ -265,7 +293,8 @@ def report(results: dict[str, Any]) -> str:
                ", ".join(f"{k} {t:.2f}" for k, t in v["breakdown_median_s"].items() if k not in ("wall_s", "total"))
                for variant, v in s["command"].items()),
              f"service, request to done: median {s['service']['median_s']:.2f} s, {s['service']['speedup']:.1f}x "
-             f"(service start {results['service']['start_s']:.1f} s, once)"]
+             f"(service start {results['service']['start_s']:.1f} s, once); in the worker (medians): " +
+             ", ".join(f"{k.removesuffix('_s')} {t:.2f}" for k, t in s["service"]["worker_median_s"].items())]
     for case, p in results["predictions"].items():
         latency = (f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms" if p["answers"] else "no answer counted")
         lines.append(f"predictions ({case}): {p['per_s']:.1f}/s ({p['samples_per_s']:.0f} samples/s), "

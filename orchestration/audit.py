@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestration.datasets.cache import cached_ids, train_cache_file
+from orchestration.datasets.cache import cached_ids, train_cache
 from orchestration.derived import stale_derived
 from orchestration.frozen.features import feature_files, feature_findings
 from orchestration.outputs_cache import stale_outputs
@@ -46,7 +46,7 @@ def _store_findings(session: Session, deleted: np.ndarray) -> list[str]:
 
 
 def _cache_findings(session: Session, deleted: np.ndarray) -> list[str]:
-    path = train_cache_file(session.config.data)
+    path = train_cache(session.config.data)
     if path is None or not deleted.size:
         return []
     held = np.intersect1d(cached_ids(path), deleted)

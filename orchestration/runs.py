@@ -27,7 +27,7 @@ from orchestration.actors import FaultSpec
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig, differing_training_keys, load_config
 from orchestration.datasets import load_dataset
-from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache_file
+from orchestration.datasets.cache import bypassed, purge_rows, purged_rows, train_cache
 from orchestration.derived import destroy_derived_models
 from orchestration.frozen.backbone import Backbone, load_backbone
 from orchestration.frozen.constituents import constituent_factory
@@ -124,8 +124,8 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
         with phase("data load"):
             data = load_dataset(config.data)
         # Only data this command read from the project's cache ties the run to that cache file.
-        cache_file = train_cache_file(config.data)
-        if cache_file is not None and purged_rows(cache_file) and not (run_dir / MANIFEST).exists():
+        cache = train_cache(config.data)
+        if cache is not None and purged_rows(cache) and not (run_dir / MANIFEST).exists():
             # A new run trains on the data set its source files hold; the cached copy lacks the
             # rows other runs' deletions purged from it (and is not written back: they stay out).
             log.info("the cached copy of %s lacks rows deleted by another run; a new run reads the source files",
@@ -133,16 +133,16 @@ def open_run(run_dir: str | Path, config: RunConfig, data: tuple[SampleTable, Sa
             with bypassed(), phase("data load"):
                 data = load_dataset(config.data)
     else:
-        cache_file = None
+        cache = None
     train, test = data
     purgers = [_timed(destroy_derived_models, "purge"), _timed(destroy_stale_outputs, "purge"),
                _timed(destroy_published_versions, "mlflow")]
-    if cache_file is not None:
-        purgers.append(_timed(functools.partial(purge_cached_rows, cache_file), "purge"))
+    if cache is not None:
+        purgers.append(_timed(functools.partial(purge_cached_rows, cache), "purge"))
     try:
         session = _session(run_dir, config, train, test, lock_timeout, fault, secret, trains, purgers)
     except (RunBindingError, ConfigMismatchError, ValueError) as err:
-        if cache_file is None or not purged_rows(cache_file):
+        if cache is None or not purged_rows(cache):
             raise
         # The public ids are computed from the data (their digest is in the fingerprint, and a
         # pretrained backbone names them), so a cached copy that lacks one of them shows as a
@@ -229,10 +229,10 @@ def _check_public(config: RunConfig, backbone: Backbone | None, public: np.ndarr
                          "the backbone; use the public-data settings it was pretrained with")
 
 
-def purge_cached_rows(cache_file: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
+def purge_cached_rows(cache: Path, run: SisaRun, requests: list[Request]) -> list[dict[str, Any]]:
     """Purger: remove the requests' rows from the project's decoded copy of the data set."""
     ids = np.unique(np.concatenate([r.sample_ids for r in requests]))
-    record = purge_rows(cache_file, ids) if cache_file.exists() else None
+    record = purge_rows(cache, ids) if cache.is_dir() else None
     return [record] if record else []
 
 

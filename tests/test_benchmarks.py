@@ -134,6 +134,17 @@ def test_timings_line_of_a_command_parses_into_phases():
                                              "total": 4.36}
 
 
+def test_done_line_of_the_service_parses_into_the_workers_phases():
+    lines = ["(ServiceWorker pid=7) done r-0002: retrained {3: [1, 2]}, 617 samples x epochs, 2.50 s (served in 2.10 s, "
+             "shard training 1.90 s summed over shards; swap to every replica 0.40 s)\n",
+             "(ServiceWorker pid=7) done r-0003: retrained nothing, 0 samples x epochs, 0.20 s (served in 0.10 s, "
+             "shard training 0.00 s summed over shards; swap to every replica 0.10 s)\n"]
+    assert service.parse_done(lines, "r-0002") == {"worker_s": 2.5, "served_s": 2.1, "shard_training_s": 1.9,
+                                                  "swap_s": 0.4}
+    with pytest.raises(ValueError, match="r-0004"):
+        service.parse_done(lines, "r-0004")
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_service_benchmark_quick_mode_times_every_path(tmp_path):
@@ -145,6 +156,8 @@ def test_service_benchmark_quick_mode_times_every_path(tmp_path):
     ray_phases = summary["command"]["ray"]["breakdown_median_s"]
     assert ray_phases["ray start"] > 0 and ray_phases["actor start"] > 0 and "evaluation" in ray_phases
     assert summary["service"]["median_s"] > 0 and summary["monolithic_median_s"] > 0
+    worker = summary["service"]["worker_median_s"]
+    assert 0 < worker["served_s"] <= worker["worker_s"] and worker["swap_s"] > 0
     assert results["predictions"]["idle"]["answers"] > 0 and results["predictions"]["deleting"]["answers"] > 0
 
 
@@ -167,10 +180,10 @@ def test_frozen_benchmark_copies_of_a_run_have_their_own_data_cache(tmp_path):
                        tracking=TrackingConfig(enabled=False))
     session = open_run(tmp_path / "run", config)
     session.run.train()
-    (shared,) = (tmp_path / "cache").glob("*-train.parquet")
+    (shared,) = (tmp_path / "cache").glob("*-train")
 
     copied = frozen.copy_run(session, tmp_path / "copy-0")
-    own = next(Path(copied.data.cache_dir).glob("*-train.parquet"))
+    own = next(Path(copied.data.cache_dir).glob("*-train"))
     assert own.name == shared.name and own.parent != shared.parent
     copy = frozen.open_run(tmp_path / "copy-0", copied)
     sample = int(copy.run.table.ids[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestration.config import RunConfig
 from orchestration.datasets import load_dataset
-from orchestration.datasets.cache import bypassed, purged_rows, train_cache_file
+from orchestration.datasets.cache import bypassed, purged_rows, train_cache
 from orchestration.frozen.backbone import strip_classifier, write_backbone
 from orchestration.frozen.public import describe_public, public_ids
 from orchestration.models import build_model
@@ -58,8 +58,8 @@ def pretrain(config: RunConfig, out: str | Path, on_slice: OnSlice = None) -> Pr
     if not out.resolve().parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.resolve().parent} does not exist")
     train, test = load_dataset(config.data)
-    cache_file = train_cache_file(config.data)
-    if cache_file is not None and purged_rows(cache_file):
+    cache = train_cache(config.data)
+    if cache is not None and purged_rows(cache):
         # Other runs' deletions removed rows from the cached copy; one of them may be public here.
         with bypassed():
             train, test = load_dataset(config.data)

@@ -37,7 +37,8 @@ def test_mnist_like_read_from_idx_files_and_cached_as_parquet(name, tmp_path, mo
     train, test = load_dataset(DataConfig(name=name, root=str(root)))
     assert (len(train), len(test), train.sample_shape, train.num_classes) == (60000, 10000, (1, 28, 28), 10)
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(cached) == 2 and all(p.endswith(".parquet") for p in cached)
+    assert len(cached) == 2 and cached[0].endswith("-test.parquet") and cached[1].endswith("-train")
+    assert all(p.name.endswith(".parquet") for p in (tmp_path / "cache" / cached[1]).iterdir())
     again, _ = load_dataset(DataConfig(name=name, root=str(root), train_limit=100))
     assert len(again) == 100 and np.isin(again.ids, train.ids).all()
 

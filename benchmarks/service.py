@@ -5,7 +5,9 @@ Everything runs as a user runs it, each command a new process:
 
 - monolithic: `unlearn train` of one model (S = R = 1) on the same data, model and epochs, from scratch;
 - command:    `unlearn forget --ids <id> --timings` on a fresh copy of the trained ensemble, with the
-              Ray engine (the default) and with the in-process engine at 1 and 2 torch threads; the
+              default engine (`ray`, which trains a deletion touching one shard in the command's
+              process rather than start a cluster for it) and with the in-process engine at 1 and 2
+              torch threads; the
               `--timings` line gives where the time went (startup, data load, Ray start, actor start,
               retraining, purge, evaluation, MLflow);
 - service:    `unlearn serve` on another copy (its own local Ray cluster, warm shard actors); each id

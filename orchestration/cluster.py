@@ -7,7 +7,10 @@ the restarted actor and resumes from its last slice checkpoint.
 A new local cluster starts Ray's own processes, whatever the command uses: the GCS, the raylet
 with its dashboard and runtime-env agents, the log monitor, the autoscaler monitor and the API
 server (which Ray starts even with the dashboard UI off; `ray.init` has no switch for it).
-Joining a running cluster (`--address`) starts none of them.
+Joining a running cluster (`--address`) starts none of them. So a command with one shard to train
+(a deletion that touches one shard, a monolithic model) and no cluster to join trains it in its own
+process instead: a new cluster would run that one job on one actor at the same thread count, the same
+bits, after seconds of start-up.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections import deque
+from collections.abc import Callable
+
+import torch
 
 from orchestration.actors import FaultSpec, ShardWorker
 from orchestration.config import RunConfig
@@ -58,7 +65,8 @@ class RayExecutor:
 
     def __init__(self, config: RunConfig, store_uri: str, fault: FaultSpec | None = None,
                  train: SampleTable | None = None, num_classes: int | None = None, fingerprint: str | None = None,
-                 backbone: Backbone | None = None) -> None:
+                 backbone: Backbone | None = None,
+                 local: Callable[[list[ShardJob], OnSlice], list[ShardReport]] | None = None) -> None:
         """Prepare the pool; Ray is started or joined, and the data shared, on the first job.
 
         Args:
@@ -69,6 +77,7 @@ class RayExecutor:
             num_classes: classes the constituents output.
             fingerprint: the run's fingerprint (default: the config's own; a backbone's hash is part of it).
             backbone: the frozen backbone adapter-mode constituents are built around.
+            local: the in-process engine, for a single job when no cluster runs or is named (`_alone`).
         """
         self.ray = None
         self.train, self.num_classes, self._data_ref = train, num_classes, None
@@ -76,7 +85,7 @@ class RayExecutor:
         self.backbone, self._backbone_put = backbone, None
         data = dataclasses.replace(config.data, cache_dir=str(cache_dir(config.data)))
         self.config = dataclasses.replace(config, data=data)
-        self.store_uri, self.fault = store_uri, fault
+        self.store_uri, self.fault, self.local = store_uri, fault, local
         self._actors: list = []
 
     def pool_size(self) -> int:
@@ -143,10 +152,23 @@ class RayExecutor:
         """
         if not jobs:
             return []  # nothing to train: no cluster to start
+        if self._alone(jobs):
+            log.info("ray: one shard to train and no cluster running: trained in this process")
+            return self.local(jobs, on_slice)
         pending, idle = deque(jobs), list(range(min(self.pool_size(), len(jobs))))
         self._start_actors(len(idle))
         with phase("retraining"):
             return self._run(pending, idle, on_slice)
+
+    def _alone(self, jobs: list[ShardJob]) -> bool:
+        """Whether `jobs` would start a new local cluster for one job that this process trains alike:
+        no cluster named or joined, no GPU or injected fault for an actor, and this process's torch
+        thread count the actors' (so the weights are the same bits)."""
+        r = self.config.ray
+        joined = self.ray is not None or ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+        return (len(jobs) == 1 and self.local is not None and not joined and not r.address
+                and not os.environ.get("RAY_ADDRESS") and not r.num_gpus_per_shard and self.fault is None
+                and torch.get_num_threads() == r.shard_threads())
 
     def _run(self, pending: deque, idle: list[int], on_slice: OnSlice) -> list[ShardReport]:
         from ray.exceptions import RayActorError, RayTaskError

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ from sisa.ledger import Request
 FOLDER = Path("cache") / "outputs"
 FEATURES = Path("cache") / "test-features"
 _NAME = re.compile(r"^shard-(\d+)-(\w+)\.pt$")
+
+
+class EvaluationInterrupted(Exception):
+    """`ensemble_logits` gave way to more urgent work (its `interrupt` said so)."""
 
 
 def _folder(run: SisaRun) -> Path:
@@ -71,7 +75,8 @@ def _read(path: Path, checksum: str | None, test_digest: str) -> torch.Tensor | 
 
 
 @torch.no_grad()
-def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mapping[int, str] | None = None) -> torch.Tensor:
+def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mapping[int, str] | None = None,
+                    interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
     """Outputs of every constituent of an ensemble version on the test inputs `x`, (models, samples, classes).
 
     Args:
@@ -80,6 +85,9 @@ def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mappi
         test_digest: digest of the test set, part of what an entry must match.
         keys: the version, shard -> final checkpoint key; default the current ensemble (refused
             while a request is pending, as `SisaRun.constituents` refuses).
+        interrupt: asked before each batch of a constituent that runs; True stops the evaluation
+            with EvaluationInterrupted (the service gives way to a deletion request), keeping the
+            outputs of the constituents that had finished.
     """
     if keys is None:
         run.require_no_pending()
@@ -87,13 +95,20 @@ def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mappi
     cached = {shard: _read(_path(run, shard, key), _checksum(run, shard, key), test_digest) for shard, key in keys.items()}
     missing = {shard: key for shard, key in keys.items() if cached[shard] is None}
     if missing:
-        with phase("evaluation"):
-            if run.encoder is not None:  # a frozen backbone: its features of x (one pass, once), the heads run on them
-                x = _test_features(run, x, test_digest)
-            for shard, model in run.constituents(missing):
-                device = model_device(model)
-                cached[shard] = torch.cat([model(b.to(device)).cpu() for b in x.split(PREDICT_BATCH)])
-        _store(run, missing, cached, test_digest)
+        computed: dict[int, str] = {}
+        try:
+            with phase("evaluation"):
+                if run.encoder is not None:  # a frozen backbone: its features of x (one pass, once), the heads run on them
+                    x = _test_features(run, x, test_digest)
+                for shard, model in run.constituents(missing):
+                    device, outputs = model_device(model), []
+                    for batch in x.split(PREDICT_BATCH):
+                        if interrupt is not None and interrupt():
+                            raise EvaluationInterrupted
+                        outputs.append(model(batch.to(device)).cpu())
+                    cached[shard], computed[shard] = torch.cat(outputs), missing[shard]
+        finally:  # what was computed is kept, also when interrupted: the next evaluation starts from it
+            _store(run, computed, cached, test_digest)
     if not cached:
         run.constituents(keys)  # raises the run's own error for an ensemble with no constituent
     return torch.stack([cached[shard] for shard in sorted(cached)])

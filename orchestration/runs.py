@@ -191,7 +191,7 @@ def _session(run_dir: Path, config: RunConfig, train: SampleTable, test: SampleT
         # Head mode: the workers get the stored features, never the backbone; adapter mode: the
         # samples and the backbone, which each constituent wraps.
         run.executor = RayExecutor(config, store_uri, fault, run.trainer.table, num_classes, run.fingerprint,
-                                   backbone if trainable == "adapter" else None)
+                                   backbone if trainable == "adapter" else None, _timed(run.executor, "retraining"))
     else:
         run.executor = _timed(run.executor, "retraining")
     return Session(config, run, test, num_classes, backbone, features)

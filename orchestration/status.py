@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestration.frozen.public import describe_public
@@ -14,14 +14,15 @@ from sisa.config import AGGREGATIONS
 from sisa.plan import slice_keys
 
 
-def accuracies(session: Session, keys: Mapping[int, str] | None = None) -> dict[str, float]:
+def accuracies(session: Session, keys: Mapping[int, str] | None = None,
+               interrupt: Callable[[], bool] | None = None) -> dict[str, float]:
     """Test accuracy of an ensemble version (default the current one) under each aggregation.
 
     Each constituent's test outputs are computed once and cached by its checkpoint, so after a
-    deletion only the retrained constituents run.
+    deletion only the retrained constituents run. `interrupt`: as `ensemble_logits` takes it.
     """
     x, labels = session.test.tensors()
-    logits = ensemble_logits(session.run, x, session.test.digest(), keys)
+    logits = ensemble_logits(session.run, x, session.test.digest(), keys, interrupt)
     return {how: (aggregate(logits, how) == labels).double().mean().item() for how in AGGREGATIONS}
 
 

@@ -5,8 +5,13 @@ the ledger, the store and the versions change only here; other commands on the r
 are recorded in the ledger when they arrive (`SisaRun.submit`, which holds the ledger's lock only,
 so a request is accepted while a batch retrains) and served oldest first by one thread, in batches
 the policy chooses. After each batch the new version goes to every prediction replica; a request
-is `done` once the ledger says so and every replica has acknowledged that version. Its MLflow
-version is registered after that, as `unlearn forget` registers one (when tracking is on).
+is `done` once the ledger says so and every replica has acknowledged that version. With tracking
+on, the version's test accuracy is measured and its MLflow version registered after that, as
+`unlearn forget` registers one, before the next batch is served: that batch's purge must find
+every registered version that saw its ids. With tracking off, measuring the test accuracy waits
+until no request does and gives way to one that arrives (a forward pass over the test split costs
+about what retraining a few slices does), so back-to-back requests do not queue behind it; only
+the newest version is measured.
 
 On start it serves whatever the ledger left pending (a service killed during a deletion), before
 it answers anything.
@@ -28,6 +33,7 @@ import torch
 from orchestration import commands
 from orchestration.cluster import RayExecutor
 from orchestration.config import RunConfig
+from orchestration.outputs_cache import EvaluationInterrupted
 from orchestration.requests import describe_request, ids_from_list
 from orchestration.runs import open_run
 from orchestration.serve import policy
@@ -66,6 +72,7 @@ class DeletionWorker:
         self._failed: dict[str, str] = {}
         self._arrived: dict[str, float] = {}
         self._versions: dict[int, dict[str, Any]] = {}  # number -> test accuracy, model URI
+        self._unevaluated: int | None = None  # the served version whose accuracy waits (deletion thread only)
         self._wake, self._started = threading.Event(), threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="deletions", daemon=True)
@@ -104,6 +111,11 @@ class DeletionWorker:
     def _step(self) -> None:
         pending = self.run.ledger.pending()
         if not pending:
+            if self._unevaluated is not None:
+                self._wake.clear()  # from here on, a request that arrives (submit sets it) interrupts
+                if not self.run.ledger.pending():
+                    self._evaluate()
+                return
             self._wake.wait()
             self._wake.clear()
             return
@@ -179,26 +191,48 @@ class DeletionWorker:
             for name in served:
                 self._failed.pop(name, None)
 
-    def _after(self, report: DeletionReport | None, began: float) -> None:
-        """What follows a version: its test accuracy (only retrained constituents run) and, with
-        tracking on, its MLflow model version; failures here are logged, the requests stay done."""
-        number, keys = self._served, dict(self._keys)
+    def _entry(self, number: int) -> dict[str, Any]:
         with self._state:
-            entry = self._versions.setdefault(number, {})
             for old in [n for n in self._versions if n < number - 100]:
                 del self._versions[old]  # keep memory bounded on a long-lived service
+            return self._versions.setdefault(number, {})
+
+    def _after(self, report: DeletionReport | None, began: float) -> None:
+        """What follows a version: with tracking on (and requests served), its test accuracy (only
+        retrained constituents run) and its MLflow model version, now; otherwise its accuracy, once
+        no request waits (`_evaluate`). Failures here are logged, the requests stay done."""
+        if report is None or not self.config.tracking.enabled:
+            self._unevaluated = self._served
+            return
+        number, keys = self._served, dict(self._keys)
+        entry, self._unevaluated = self._entry(number), None
         try:
             accuracy = {k: round(v, 4) for k, v in accuracies(self.session, keys).items()}
             with self._state:
                 entry["test_accuracy"] = accuracy
-            if report is not None and self.config.tracking.enabled:
-                tracker = make_tracker(self.config.tracking)
-                _, uri = commands.track_deletion(self.session, tracker, report, began, keys,
-                                                 {"command": "forget", "served_by": "unlearn serve"})
-                with self._state:
-                    entry["model_uri"] = uri
+            tracker = make_tracker(self.config.tracking)
+            _, uri = commands.track_deletion(self.session, tracker, report, began, keys,
+                                             {"command": "forget", "served_by": "unlearn serve"})
+            with self._state:
+                entry["model_uri"] = uri
         except Exception:  # noqa: BLE001 - the deletion is complete; what it publishes is not
             log.exception("version %d: evaluation or MLflow registration failed", number)
+
+    def _evaluate(self) -> None:
+        """The served version's test accuracy, giving way to a request that arrives meanwhile (the
+        constituents already run are kept, so the next try resumes); a newer version replaces it."""
+        number, keys = self._served, dict(self._keys)
+        try:
+            accuracy = accuracies(self.session, keys, interrupt=self._wake.is_set)
+        except EvaluationInterrupted:
+            return  # the request is served first; `_unevaluated` then names the newest version
+        except Exception:  # noqa: BLE001 - the versions stay served; only their accuracy is missing
+            log.exception("version %d: evaluation failed", number)
+        else:
+            entry = self._entry(number)
+            with self._state:
+                entry["test_accuracy"] = {k: round(v, 4) for k, v in accuracy.items()}
+        self._unevaluated = None
 
     # -- what request threads call -----------------------------------------------------------------
     def submit(self, ids: list[Any], reason: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from orchestration.cli import main
 from orchestration.runs import open_session
@@ -165,17 +166,39 @@ def test_a_run_dir_with_a_colon_is_tracked_under_a_valid_model_name(tmp_path, ca
 
 def test_commands_write_only_their_own_lines_to_stderr(tmp_path):
     """Train (Ray engine, MLflow on) and forget as a user runs them: no warnings, no tracebacks, no
-    library chatter; the lines say which Ray cluster was used and what was registered."""
+    library chatter; the lines say where the shards trained and what was registered. A deletion
+    from one shard trains in the command's process (a new cluster would only add its start-up),
+    one from two shards on a local cluster, and both are exact (the audit retrains from scratch)."""
     import subprocess
     import sys
 
+    from orchestration.audit import certificate
+
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("RAY_ADDRESS", None)
     run_dir = str(tmp_path / "run")
-    for argv in (["train", "--run-dir", run_dir, "--set", "sisa.epochs=2", "--set", "sisa.num_shards=2"],
-                 ["forget", "--run-dir", run_dir, "--ids", "3,4"]):
+    cluster = "ray: started a local cluster ("
+    alone = "ray: one shard to train and no cluster running: trained in this process"
+
+    def unlearn(*argv: str) -> list[str]:
         done = subprocess.run([sys.executable, "-m", "orchestration.cli", *argv], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert lines[0].startswith("ray: started a local cluster ("), lines
+        return done.stderr.strip().splitlines()
+
+    lines = unlearn("train", "--run-dir", run_dir, "--set", "sisa.epochs=2", "--set", "sisa.num_shards=2")
+    assert lines[0].startswith(cluster) and lines[1].startswith("registered models:/unlearn-run-") and len(lines) == 2, lines
+    plan = open_session(run_dir, flags=["ray.engine=local"]).run.plan()
+    one, two = plan.slice_ids(0)[1][:1], [plan.slice_ids(0)[1][1], plan.slice_ids(1)[1][0]]
+    for ids, first in ((two, cluster), (one, alone)):  # shard 0's final model is then the in-process one
+        lines = unlearn("forget", "--run-dir", run_dir, "--ids", ",".join(str(int(i)) for i in ids))
+        assert lines[0].startswith(first), lines
         assert lines[1].startswith("registered models:/unlearn-run-") and len(lines) == 2, lines
+    session = open_session(run_dir, flags=["ray.engine=local", "tracking.enabled=false"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(session.config.ray.command_threads())  # the commands' count: the same bits
+    try:
+        report = certificate(session, retrain_dir=tmp_path / "scratch")
+    finally:
+        torch.set_num_threads(threads)
+    assert report["clean"] and "retrain" in report["checked"], report["findings"]

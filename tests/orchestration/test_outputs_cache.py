@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 
 import pytest
@@ -9,10 +11,11 @@ import torch
 
 from orchestration import commands
 from orchestration.audit import certificate
-from orchestration.outputs_cache import ensemble_logits, entries
+from orchestration.outputs_cache import EvaluationInterrupted, ensemble_logits, entries
 from orchestration.runs import open_session
 from orchestration.status import accuracies
 from orchestration.tracking import MemoryTracker
+from sisa import PREDICT_BATCH
 
 SETTINGS = ["sisa.num_shards=3", "sisa.num_slices=2", "sisa.epochs=4", "ray.engine=local", "tracking.enabled=false"]
 
@@ -75,3 +78,23 @@ def test_an_entry_for_another_test_set_or_checkpoint_is_computed_again(session):
     changed = ensemble_logits(session.run, x[:10], "another test set")
     assert changed.shape[1] == 10 and torch.allclose(changed, reference[:, :10], atol=1e-5)
     assert torch.equal(ensemble_logits(session.run, x, digest), reference)
+
+
+def test_an_interrupted_evaluation_keeps_the_finished_constituents_and_the_next_one_resumes(session, monkeypatch):
+    x, _ = session.test.tensors()
+    digest = session.test.digest()
+    reference = ensemble_logits(session.run, x, digest)
+    for _, _, path in entries(session.run):
+        path.unlink()
+    asked = itertools.count()
+    per_model = math.ceil(len(x) / PREDICT_BATCH)  # `interrupt` is asked once per batch
+
+    with pytest.raises(EvaluationInterrupted):  # stops at the second constituent's first batch
+        ensemble_logits(session.run, x, digest, interrupt=lambda: next(asked) >= per_model)
+
+    assert [shard for shard, _, _ in entries(session.run)] == [0]
+    loaded = []
+    original = session.run.constituents
+    monkeypatch.setattr(session.run, "constituents", lambda keys=None: loaded.append(sorted(keys)) or original(keys))
+    assert torch.equal(ensemble_logits(session.run, x, digest, interrupt=lambda: False), reference)
+    assert loaded == [[1, 2]] and sorted(shard for shard, _, _ in entries(session.run)) == [0, 1, 2]

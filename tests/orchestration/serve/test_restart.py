@@ -139,11 +139,17 @@ def test_a_service_killed_during_a_deletion_completes_it_on_restart_and_the_audi
         second.wait_serving()  # a restarted service finishes what is pending before it answers
         state = _state(second, "r-0001")
         prediction = requests.post(f"{second.url}/predict", json={"inputs": [[0.0] * 64]}, timeout=60).json()
+        # Tracking off: the served version's accuracy is measured once no request waits.
+        began = time.monotonic()
+        while (accuracy := requests.get(f"{second.url}/status", headers={"Authorization": f"Bearer {TOKEN}"},
+                                        timeout=60).json()["test_accuracy"]) is None:
+            assert time.monotonic() - began < 120
+            time.sleep(0.2)
     finally:
         second.stop()
     # Slices checkpointed before the kill are not trained again: the restart resumed where it died.
     assert state["state"] == "done" and state["version"] == 1 and state["retrained"]["0"][-1] == 1
-    assert prediction["version"] == 1
+    assert prediction["version"] == 1 and accuracy["vote"] > 0.5
     assert any("finished request(s) r-0001 left pending" in line for line in second.lines), "".join(second.lines)
 
     # The audit, with a retraining from scratch at the command path's thread count: every

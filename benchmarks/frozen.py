@@ -54,7 +54,8 @@ from orchestration.frozen.features import feature_files
 from orchestration.frozen.pretrain import pretrain
 from orchestration.frozen.public import public_ids
 from orchestration.runs import Session, open_run
-from sisa import SampleTable, SisaConfig, aggregate
+from orchestration.status import accuracies
+from sisa import SampleTable, SisaConfig
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,12 +129,6 @@ def copy_run(session: Session, run_dir: Path) -> RunConfig:
     return dataclasses.replace(session.config, data=dataclasses.replace(session.config.data, cache_dir=cache))
 
 
-def accuracy(session: Session, logits_of: Any) -> dict[str, float]:
-    x, labels = session.test.tensors()
-    logits = logits_of(x)
-    return {how: (aggregate(logits, how) == labels).double().mean().item() for how in ("vote", "mean")}
-
-
 def latency(session: Session, calls: int) -> dict[str, float]:
     """Prediction time with the ensemble loaded: one sample (median of `calls`), and the whole test split."""
     predict = session.run.predictor()
@@ -188,7 +183,9 @@ def measure(root: Path, workload: Workload, mode: str, shards: int, spec: dict[s
     point: dict[str, Any] = {"mode": mode, "shards": shards, "slices": slices, "open_s": opened,
                              "train_s": time.perf_counter() - began,
                              "train_samples_epochs": sum(r.samples_epochs for r in reports)}
-    point.update({f"acc_{how}": value for how, value in accuracy(session, session.run.logits).items()})
+    # Scored as `unlearn train` scores a run: each constituent's test outputs (and a head run's test
+    # features) stay cached with it, so its copies start where a user's trained run starts.
+    point.update({f"acc_{how}": value for how, value in accuracies(session).items()})
     files = feature_files(session.run.run_dir)
     point.update(store_bytes=session.run.store.nbytes(), features_bytes=sum(p.stat().st_size for p in files),
                  latency=latency(session, spec["latency_calls"]),
@@ -283,7 +280,7 @@ def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: 
             shutil.rmtree(run.run_dir)
     session = open_run(root / f"monolithic-{repeats - 1}", config, data)
     result["monolithic"] = {"train_s": mono_s, "median_s": median(mono_s), "samples_epochs": mono_work,
-                            **{f"acc_{k}": v for k, v in accuracy(session, session.run.logits).items()},
+                            **{f"acc_{k}": v for k, v in accuracies(session).items()},
                             "store_bytes": session.run.store.nbytes(), "latency": latency(session, spec["latency_calls"])}
     print(f"{workload.name}: backbone test acc {report.test_accuracy:.4f}, monolithic {median(mono_s):.1f} s "
           f"(test acc {result['monolithic']['acc_vote']:.4f})", flush=True)

@@ -252,18 +252,25 @@ def _timed_python(code: str, env: dict[str, str], own_clock: bool = False) -> fl
     return float(done.stdout.strip()) if own_clock else time.perf_counter() - began
 
 
+def prepare(root: Path, workload: Workload, spec: dict[str, Any], public_fraction: float
+            ) -> tuple[tuple[SampleTable, SampleTable], Path, RunConfig, Any, np.ndarray]:
+    """The workload's data, its backbone pretrained on the public ids (in `root`), the monolithic
+    model's config, the pretraining report and the public ids."""
+    data = load_dataset(dataclasses.replace(workload.data, public_fraction=public_fraction))
+    backbone = root / f"{workload.name}-backbone.pt"
+    config = run_config(workload, "full", 1, 1, spec, backbone, public_fraction)
+    report = pretrain(config, backbone)  # also the warm-up: first-use costs are paid before anything is timed
+    return data, backbone, config, report, public_ids(config.data, data[0])
+
+
 def run_workload(root: Path, workload: Workload, spec: dict[str, Any], repeats: int, public_fraction: float,
                  rng: np.random.Generator) -> dict[str, Any]:
     """Every measurement of one workload."""
     root.mkdir(parents=True, exist_ok=True)
     # Loaded with the runs' own data settings, so that their decoded-data cache is known
     # (`train_cache`) and every copy of a run gets a copy of it.
-    data = load_dataset(dataclasses.replace(workload.data, public_fraction=public_fraction))
+    data, backbone, config, report, public = prepare(root, workload, spec, public_fraction)
     train, test = data
-    backbone = root / f"{workload.name}-backbone.pt"
-    config = run_config(workload, "full", 1, 1, spec, backbone, public_fraction)
-    report = pretrain(config, backbone)  # also the warm-up: first-use costs are paid before anything is timed
-    public = public_ids(config.data, train)
     deletable = np.setdiff1d(train.ids, public)
     result: dict[str, Any] = {
         "samples": len(train), "test_samples": len(test), "public_fraction": public_fraction, "public": len(public),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -200,19 +199,13 @@ def test_frozen_benchmark_copies_of_a_run_have_their_own_data_cache(tmp_path):
 def test_frozen_benchmark_scores_a_run_as_unlearn_train_does_so_its_copies_start_with_its_test_outputs(tmp_path):
     """The command it times then re-scores only the retrained head, as it does on a user's trained run."""
     from benchmarks import frozen
-    from orchestration.datasets import load_dataset
-    from orchestration.frozen.pretrain import pretrain
-    from orchestration.frozen.public import public_ids
     from orchestration.outputs_cache import FEATURES, FOLDER
     from orchestration.status import accuracies
 
     spec = frozen.QUICK
     (workload,) = spec["workloads"]
-    data = load_dataset(dataclasses.replace(workload.data, public_fraction=0.5))
-    backbone = tmp_path / "backbone.pt"
-    config = frozen.run_config(workload, "full", 1, 1, spec, backbone, 0.5)
-    pretrain(config, backbone)
-    deletable = np.setdiff1d(data[0].ids, public_ids(config.data, data[0]))
+    data, backbone, _, _, public = frozen.prepare(tmp_path, workload, spec, 0.5)
+    deletable = np.setdiff1d(data[0].ids, public)
     point, session = frozen.measure(tmp_path, workload, "head", 2, spec, backbone, 0.5, data, deletable, 1,
                                     np.random.default_rng(0))
     copied = frozen.copy_run(session, tmp_path / "copy")

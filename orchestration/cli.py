@@ -47,7 +47,9 @@ def request_ids(args: argparse.Namespace, session: Session) -> np.ndarray:
     else:
         raise InvalidRequestError("give --ids or --ids-file")
     check_new(table, ids, session.run.ledger.requests())
-    return ids
+    # Refused here, before the command makes its tracker: opening MLflow creates its store on disk,
+    # and a refused request must leave nothing behind.
+    return session.run.validate(ids)
 
 
 class Progress:

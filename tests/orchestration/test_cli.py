@@ -68,10 +68,14 @@ def test_forget_reads_ids_from_text_and_parquet_files(digits_run, tmp_path, caps
     [("3,x", "must be integers"), ("", "names no sample ids"), ("5000", "not in the training data"),
      ("-4", ">= 0"), ("3,3", "more than once")],
 )
-def test_forget_with_bad_ids_exits_2_with_a_clear_message_and_records_nothing(digits_run, capsys, ids, message):
-    code, _, err = run_cli(capsys, "forget", "--run-dir", digits_run, "--ids", ids)
+def test_forget_with_bad_ids_exits_2_with_a_clear_message_and_records_nothing(digits_run, tmp_path, capsys, ids,
+                                                                              message):
+    store = tmp_path / "tracking.db"  # tracking on: a refused request must not even create the MLflow store
+    code, _, err = run_cli(capsys, "forget", "--run-dir", digits_run, "--ids", ids,
+                           "--tracking-uri", f"sqlite:///{store}")
     assert code == 2 and message in err
     assert open_session(digits_run).run.ledger.requests() == []
+    assert not store.exists()
 
 
 def test_existing_run_dir_refuses_another_training_config(digits_run, capsys):

@@ -24,7 +24,6 @@ from orchestration import commands, timings
 from orchestration.audit import certificate
 from orchestration.bench import tuned
 from orchestration.bench.protocol import create_methods
-from orchestration.bench.tune import searched, tune_table
 from orchestration.config import RunConfig, load_config
 from orchestration.frozen.public import describe_public
 from orchestration.requests import check_new, describe_ids, ids_from_file, ids_from_text
@@ -338,6 +337,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if not names:
         raise ValueError(f"--method {args.method!r} names no method; give a method, several comma-separated, or 'all' "
                          "(`unlearn methods` lists them)")
+    from orchestration.bench.tune import searched, tune_table  # scipy.stats: 0.5 s no other command pays
+
     create_methods(searched(config, names))  # bad names or parameters fail before anything starts
     progress = BenchProgress("tune", "job")
     command = "unlearn " + shlex.join(args.argv)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,8 +22,6 @@ import torch
 import approx
 from orchestration.approximate import ApproxReport, run_approx
 from orchestration.bench.fanout import Progress
-from orchestration.bench.run import BenchResult, run_bench
-from orchestration.bench.tune import TuneResult, run_tune
 from orchestration.config import RunConfig
 from orchestration.frozen.pretrain import PretrainReport
 from orchestration.frozen.pretrain import pretrain as pretrain_backbone
@@ -36,6 +34,10 @@ from sisa import DeletionReport, ShardReport
 from sisa.ensemble import OnSlice
 from sisa.frozen import trainable_state
 from sisa.ledger import ids_digest_hex
+
+if TYPE_CHECKING:  # the bench and the tuner import scipy.stats (0.5 s): loaded by their commands only
+    from orchestration.bench.run import BenchResult
+    from orchestration.bench.tune import TuneResult
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,8 @@ def bench(config: RunConfig, out: Path, tracker: Tracker | None = None, progress
     """Run the bench of `config.bench` (see orchestration/bench): populations of models on Ray or in this
     process, per-example scores against retraining, tables and plots in `out`, a parent MLflow run
     with a child per method (`config.tracking`'s tracker unless one is given); `notes` join its header."""
+    from orchestration.bench.run import run_bench
+
     return run_bench(config, out, tracker, progress=progress, notes=notes)
 
 
@@ -246,4 +250,6 @@ def tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, comm
     """Tune `methods` against retraining in the setting of `config` (see orchestration/bench/tune.py): a
     Ray Tune search per method on data and seeds the bench never reports, each trial an MLflow run,
     the best configurations written under `tuned_dir`."""
+    from orchestration.bench.tune import run_tune
+
     return run_tune(config, methods, out, tuned_dir, command, tracker, progress)

@@ -37,6 +37,8 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two conv blocks and a linear head; adaptive pooling makes it fit 8x8 to 32x32 inputs."""
 
+    channels_last_inference = True  # no .view in forward: see sisa.inference
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: int = 32) -> None:
         super().__init__()
         c = channels
@@ -70,6 +72,8 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """CIFAR ResNet: 3x3 stem, no max-pool, stages of BasicBlocks, global average pool."""
+
+    channels_last_inference = True  # no .view in forward: see sisa.inference
 
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], depths: tuple[int, ...]) -> None:
         super().__init__()

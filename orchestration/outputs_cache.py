@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
-from orchestration.evaluation import model_device
 from orchestration.timings import phase
-from sisa import PREDICT_BATCH, SisaRun
+from sisa import SisaRun
 from sisa.encoding import encode_inputs
+from sisa.inference import Interrupted, for_inference, outputs
 from sisa.ledger import Request
 
 FOLDER = Path("cache") / "outputs"
@@ -101,12 +101,11 @@ def ensemble_logits(run: SisaRun, x: torch.Tensor, test_digest: str, keys: Mappi
                 if run.encoder is not None:  # a frozen backbone: its features of x (one pass, once), the heads run on them
                     x = _test_features(run, x, test_digest)
                 for shard, model in run.constituents(missing):
-                    device, outputs = model_device(model), []
-                    for batch in x.split(PREDICT_BATCH):
-                        if interrupt is not None and interrupt():
-                            raise EvaluationInterrupted
-                        outputs.append(model(batch.to(device)).cpu())
-                    cached[shard], computed[shard] = torch.cat(outputs), missing[shard]
+                    try:
+                        cached[shard] = outputs(for_inference(model), x, interrupt=interrupt)
+                    except Interrupted:
+                        raise EvaluationInterrupted from None
+                    computed[shard] = missing[shard]
         finally:  # what was computed is kept, also when interrupted: the next evaluation starts from it
             _store(run, computed, cached, test_digest)
     if not cached:

@@ -33,6 +33,7 @@ from orchestration.frozen.constituents import constituent_factory
 from sisa import aggregate
 from sisa.encoding import encode_inputs
 from sisa.frozen import load_trainable
+from sisa.inference import for_inference, outputs
 
 _PACKAGES = ("sisa", "orchestration")
 _ENTRY = Path(__file__).with_name("ensemble_model.py")
@@ -53,7 +54,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         shape = backbone.feature_shape if trainable == "head" else self.shape
         factory = constituent_factory(config.model, trainable, shape, meta["num_classes"], backbone)
         self.encoder = backbone.module if trainable == "head" else None
-        self.models = [load_trainable(factory(), torch.load(folder / name, weights_only=True)).eval()
+        self.models = [for_inference(load_trainable(factory(), torch.load(folder / name, weights_only=True)))
                        for name in meta["weights"]]
 
     # Typed as an array (MLflow then neither validates nor warns); a DataFrame or nested lists work too.
@@ -62,8 +63,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32)).reshape(-1, *self.shape)
         if self.encoder is not None:
             x = encode_inputs(self.encoder, x, fixed_batches=False)  # one backbone pass; the heads take its features
-        with torch.no_grad():
-            logits = torch.stack([m(x) for m in self.models])  # (models, samples, classes)
+        logits = torch.stack([outputs(m, x) for m in self.models])  # (models, samples, classes)
         return aggregate(logits, self.how).numpy()
 
 

@@ -7,7 +7,7 @@ from sisa.aggregation import aggregate, majority_vote, mean_posterior
 from sisa.config import SisaConfig
 from sisa.data import SampleTable
 from sisa.encoding import encode
-from sisa.ensemble import PREDICT_BATCH, DeletionReport, SisaRun
+from sisa.ensemble import DeletionReport, SisaRun
 from sisa.errors import (
     CheckpointCorruptError,
     ConfigMismatchError,
@@ -16,6 +16,7 @@ from sisa.errors import (
     SisaError,
 )
 from sisa.frozen import Frozen
+from sisa.inference import PREDICT_BATCH
 from sisa.ledger import Ledger
 from sisa.plan import ShardPlan
 from sisa.store import CheckpointStore

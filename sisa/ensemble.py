@@ -48,6 +48,7 @@ from sisa.errors import (
     RunBindingError,
     SisaError,
 )
+from sisa.inference import PREDICT_BATCH, for_inference, outputs
 from sisa.ledger import Ledger, Request
 from sisa.lock import run_lock
 from sisa.plan import ShardPlan, assignment_hashes, slice_keys
@@ -68,10 +69,6 @@ checkpoint store (derived models, published model versions, cached rows) and ret
 per thing destroyed. Runs before the requests are marked done; must be idempotent (a crashed
 request is served again)."""
 
-PREDICT_BATCH = 256
-"""Samples per forward pass when a model only predicts. On CPU larger batches are slower per
-sample: at 1,024-2,048 the small CNN's activations (2,048 x 32 x 28 x 28 floats, 200 MB)
-overflow the caches, and a pass over a test set takes 1.5-2 times as long as at 256."""
 RUN_FORMAT = 2
 MANIFEST = "run.json"
 """The run's manifest in its directory; written last when a run is made, so a run exists once it does."""
@@ -483,14 +480,14 @@ class SisaRun:
         With an encoder it runs once on x and every constituent on its outputs. It holds the ensemble
         as it is now: make a new one after a deletion.
         """
-        models = [m for _, m in self.constituents()]
+        models = [for_inference(m) for _, m in self.constituents()]
         encoder = self.encoder
 
         @torch.no_grad()
         def logits(x: torch.Tensor) -> torch.Tensor:
             if encoder is not None:
                 x = encode_inputs(encoder, x, fixed_batches=False)  # (samples, *features): one backbone pass
-            return torch.stack([torch.cat([m(b) for b in x.split(batch_size)]) for m in models])
+            return torch.stack([outputs(m, x, batch_size) for m in models])
 
         return logits
 

@@ -29,6 +29,7 @@ from orchestration.config import RunConfig
 from orchestration.models import build_model
 from orchestration.serve.inputs import InputError, deletion_request, prediction_inputs
 from orchestration.serve.versions import Follower, NoVersionError, ServedEnsemble
+from sisa.inference import for_inference
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Gateway:
         for _, state in weights:
             model = build_model(self.config.model, self.sample_shape, self.num_classes)
             model.load_state_dict(state)
-            models.append(model.eval())
+            models.append(for_inference(model))
         return ServedEnsemble(info, models, self.sample_shape, self.config.sisa.aggregation, self.class_names)
 
     def _denied(self, request: Request) -> JSONResponse | None:

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sisa import PREDICT_BATCH, aggregate
+from sisa import aggregate
+from sisa.inference import outputs
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ async def _alive(handle: Any) -> bool:
 
 
 class ServedEnsemble:
-    """One version's constituents, ready to predict."""
+    """One version's constituents, made ready by `sisa.inference.for_inference`."""
 
     def __init__(self, info: dict[str, Any], models: list[nn.Module], sample_shape: tuple[int, ...], how: str,
                  class_names: list[str] | None = None) -> None:
@@ -155,8 +156,7 @@ class ServedEnsemble:
             raise NoVersionError(f"version {self.number} has no model: every training sample was deleted")
         inputs = torch.from_numpy(x).reshape(len(x), *self.sample_shape)
         # Batches bound the activations' memory (a CNN's first layer alone is ~100 KB per sample).
-        logits = torch.stack([torch.cat([model(b) for b in inputs.split(PREDICT_BATCH)])
-                              for model in self.models])  # (models, samples, classes)
+        logits = torch.stack([outputs(model, inputs) for model in self.models])  # (models, samples, classes)
         probabilities = logits.softmax(-1).mean(0)
         labels = aggregate(logits, self.how).tolist()
         answer = {"version": self.number, "labels": labels, "probabilities": probabilities.tolist()}

@@ -12,6 +12,7 @@ from orchestration.cli import main
 from orchestration.config import ModelConfig
 from orchestration.models import MODELS, build_head, build_model
 from orchestration.runs import open_session
+from sisa.inference import for_inference, outputs
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -19,6 +20,21 @@ from orchestration.runs import open_session
 def test_model_outputs_one_logit_per_class(name, shape):
     model = build_model(ModelConfig(name=name), shape, 10)
     assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_predicts_in_its_inference_layout_what_it_computes_in_the_default_one(name):
+    """The layout `for_inference` gives a built-in model changes its outputs only by rounding."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name), (3, 16, 16), 10).eval()
+    x = torch.randn(70, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    got = outputs(for_inference(model), x, batch_size=32)  # 32, 32, 6: a short last batch
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert bool(convs) == getattr(model, "channels_last_inference", False)  # every built-in with convolutions opts in
 
 
 def test_resnet18_has_the_cifar_stem_and_11m_parameters():

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sisa import PREDICT_BATCH, aggregate
+from sisa.inference import model_device
 
 
 @dataclass
@@ -54,13 +55,6 @@ def outputs(models: Sequence[nn.Module], how: str, sets: dict[str, tuple[torch.T
         log_probs[split] = logits.double().log_softmax(-1).logsumexp(0) - math.log(len(models))
         predicted[split], labels[split] = aggregate(logits, how), y
     return Outputs(log_probs, predicted, labels)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where a model's parameters (or, failing those, buffers) live; CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _run(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def outputs(model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH,
     Each batch goes to the model's device. `interrupt` is asked before each batch; True raises
     Interrupted.
     """
-    device, layout = _device(model), _channels_last(model)
+    device, layout = model_device(model), _channels_last(model)
     out = []
     for batch in x.split(batch_size):
         if interrupt is not None and interrupt():
@@ -61,7 +61,8 @@ def outputs(model: nn.Module, x: torch.Tensor, batch_size: int = PREDICT_BATCH,
     return torch.cat(out)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters (or, failing those, buffers) live; CPU for a model with neither."""
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
@@ -69,4 +70,4 @@ def _device(model: nn.Module) -> torch.device:
 
 def _channels_last(model: nn.Module) -> bool:
     # Measured on CPU only; accelerators keep their default layout.
-    return bool(getattr(model, "channels_last_inference", False)) and _device(model).type == "cpu"
+    return bool(getattr(model, "channels_last_inference", False)) and model_device(model).type == "cpu"

@@ -11,7 +11,8 @@ Everything runs as a user runs it, each command a new process:
               `--timings` line gives where the time went (startup, data load, Ray start, actor start,
               retraining, purge, evaluation, MLflow);
 - service:    `unlearn serve` on another copy (its own local Ray cluster, warm shard actors); each id
-              is POST /forget, then GET /requests/<id> every 10 ms until `done`: request to done.
+              is POST /forget, then GET /requests/<id>?wait=60 (a long poll: answered as soon as the
+              request is done) until `done`: request to done, as a client waiting for it sees it.
 
 The ids are the same for the command and the service (random, one per request, `--seed`), and each
 request is served alone (window 0), so both do the same retraining. Predictions: `--clients` threads
@@ -165,8 +166,9 @@ class Service:
         answer = requests.post(f"{self.url}/forget", json={"ids": [sample]}, headers=auth, timeout=600)
         answer.raise_for_status()
         location = f"{self.url}{answer.json()['location']}"
-        while requests.get(location, headers=auth, timeout=600).json()["state"] != "done":
-            time.sleep(0.01)
+        while (state := requests.get(location, headers=auth, params={"wait": 60}, timeout=600).json())["state"] != "done":
+            if state["state"] == "failed":
+                raise RuntimeError(f"request {state['request_id']} failed: {state.get('error')}")
         return time.perf_counter() - began, answer.json()["request_id"]
 
     def stop(self) -> None:

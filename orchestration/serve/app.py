@@ -2,7 +2,8 @@
 
     POST /predict               inputs -> labels (and class names) and probabilities, from one whole version (open)
     POST /forget                {"ids": [...], "reason": "..."} -> 202 {"request_id"} once it is in the ledger
-    GET  /requests/{request_id} the request's state (pending | running | done | failed), cost and version
+    GET  /requests/{request_id} the request's state (pending | running | done | failed), cost and version;
+                                with ?wait=S, answered once it is done or failed or after S seconds (S <= 60)
     GET  /status                what `unlearn status` shows, and the service's state
     GET  /health                200 once the replica answers with a version (open)
 
@@ -27,7 +28,7 @@ from ray import serve
 
 from orchestration.config import RunConfig
 from orchestration.models import build_model
-from orchestration.serve.inputs import InputError, deletion_request, prediction_inputs
+from orchestration.serve.inputs import InputError, deletion_request, prediction_inputs, wait_seconds
 from orchestration.serve.versions import Follower, NoVersionError, ServedEnsemble
 from sisa.inference import for_inference
 
@@ -54,14 +55,14 @@ class Gateway:
         self.class_names = class_names
         self.token_sha256, self.worker = bytes.fromhex(token_sha256), worker
         replica = serve.get_replica_context().replica_id.unique_id
-        self.follower = Follower(board, self._build, replica)
+        self.follower = Follower(board, self._build, self._ensemble, replica)
 
-    def _build(self, info: dict[str, Any], weights: list[tuple[int, dict[str, torch.Tensor]]]) -> ServedEnsemble:
-        models = []
-        for _, state in weights:
-            model = build_model(self.config.model, self.sample_shape, self.num_classes)
-            model.load_state_dict(state)
-            models.append(for_inference(model))
+    def _build(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        model = build_model(self.config.model, self.sample_shape, self.num_classes)
+        model.load_state_dict(state)
+        return for_inference(model)
+
+    def _ensemble(self, info: dict[str, Any], models: dict[int, torch.nn.Module]) -> ServedEnsemble:
         return ServedEnsemble(info, models, self.sample_shape, self.config.sisa.aggregation, self.class_names)
 
     def _denied(self, request: Request) -> JSONResponse | None:
@@ -117,10 +118,19 @@ class Gateway:
 
     @api.get("/requests/{request_id}")
     async def request_state(self, request_id: str, request: Request) -> JSONResponse:
-        """A deletion request's state, what serving it retrained and cost, and the version without its ids."""
+        """A deletion request's state, what serving it retrained and cost, and the version without its ids.
+
+        `?wait=S` makes it a long poll: the answer comes as soon as the request is done or failed,
+        or after S seconds with its state then, so a client hears of the end at once without asking
+        again and again (each question costs the service CPU that retraining would use).
+        """
         if denied := self._denied(request):
             return denied
-        answer = await self._ask_worker("request", request_id)
+        try:
+            wait = wait_seconds(request.query_params.get("wait"))
+        except InputError as err:
+            return _error(400, str(err))
+        answer = await self._ask_worker("settled", request_id, wait)
         if isinstance(answer, JSONResponse):
             return answer
         if answer is None:

@@ -19,6 +19,9 @@ NPY = "application/x-npy"
 ARROW = "application/vnd.apache.arrow.stream"
 MAX_REASON = 1000
 """Characters a deletion reason may have (it is kept in the ledger forever)."""
+MAX_WAIT_S = 60.0
+"""Longest long poll of a request's state (`?wait=`): under the idle timeout of common HTTP
+clients and proxies (often 60 s or more), so a waiting client is answered, not cut off."""
 
 
 class InputError(ValueError):
@@ -126,3 +129,20 @@ def deletion_request(body: bytes) -> tuple[list[Any], str]:
     if len(reason) > MAX_REASON:
         raise InputError(f"'reason' has {len(reason)} characters; at most {MAX_REASON}")
     return ids, reason
+
+
+def wait_seconds(text: str | None) -> float:
+    """The `wait` query parameter of GET /requests/{id}: seconds to wait for the request to end.
+
+    Raises:
+        InputError: not a number, or outside [0, MAX_WAIT_S].
+    """
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise InputError(f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S:g}; got {text!r}") from None
+    if not 0 <= seconds <= MAX_WAIT_S:  # NaN fails this too
+        raise InputError(f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S:g}; got {text!r}")
+    return seconds

@@ -127,12 +127,15 @@ def deploy(run_dir: Path, config: RunConfig, token: str) -> Service:
     serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=_QUIET)
     board = ray.remote(VersionBoard).options(num_cpus=0).remote()
     # A replica whose constructor fails (a run that cannot be opened) is not retried for long.
+    # Long polls of a request's state hold a slot of the worker and of a gateway replica while they
+    # wait, so both take many; what computes is bounded elsewhere (the worker's one deletion thread,
+    # a replica's thread pool for predictions).
     worker = serve.deployment(DeletionWorker).options(
-        name="DeletionWorker", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0},
+        name="DeletionWorker", num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0},
         max_constructor_retry_count=2,
     ).bind(str(run_dir), config, board)
     gateway = serve.deployment(Gateway).options(
-        name="Gateway", num_replicas=settings.replicas, max_ongoing_requests=32,
+        name="Gateway", num_replicas=settings.replicas, max_ongoing_requests=256,
         ray_actor_options={"num_cpus": settings.replica_cpus}, max_constructor_retry_count=2,
     ).bind(config, session.run.table.sample_shape, session.num_classes, hashlib.sha256(token.encode()).hexdigest(),
            board, worker, session.run.table.class_names)

@@ -8,9 +8,13 @@ The guarantee: predictions come from one version, never a mix, and once a reques
 done no replica answers with a version that saw its ids. How it holds:
 
 1. The deletion worker publishes a new version to the `VersionBoard` (one small actor per
-   service): its number and the constituents' weights, which the board keeps in the object store.
+   service): its number, every constituent's checkpoint key, and the weights of the constituents
+   the board does not hold yet (those a deletion retrained); the board keeps every constituent of
+   the current version in the object store, and drops the ones it replaced.
 2. Each prediction replica follows the board (a long poll, so it hears of a version at once),
-   builds the whole new ensemble aside, then swaps it in with one assignment under its lock.
+   builds the new ensemble aside (only the constituents whose key changed are fetched and built;
+   the others are the very models of the version it answers with, which nothing modifies), then
+   swaps it in with one assignment under its lock.
    A prediction takes the current ensemble under that lock and holds it until its answer is
    computed, so every answer comes from one version and names it.
 3. After the swap the replica waits until no prediction still holds the old ensemble, then
@@ -49,7 +53,7 @@ class VersionBoard:
 
     def __init__(self) -> None:
         self._info: dict[str, Any] | None = None
-        self._weights: Any = None  # [ObjectRef] of the version's weights, owned by this actor
+        self._weights: dict[int, Any] = {}  # shard -> [ObjectRef] of its weights in the current version
         self._changed: asyncio.Condition | None = None
         self._replicas: dict[str, dict[str, Any]] = {}  # replica id -> {"handle", "acked"}
 
@@ -59,15 +63,28 @@ class VersionBoard:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def publish(self, info: dict[str, Any], weights: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
-        """Make `info` (with its constituents' weights) the current version; numbers only grow."""
+    def _held(self) -> dict[int, str]:
+        return dict(self._info["keys"]) if self._info is not None else {}
+
+    async def keys(self) -> dict[int, str]:
+        """Shard -> checkpoint key of the constituents the board holds (those of the current version)."""
+        return self._held()
+
+    async def publish(self, info: dict[str, Any], weights: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Make `info` the current version; numbers only grow. `info["keys"]` names every constituent
+        (shard -> checkpoint key); `weights` holds those the board does not hold under that key."""
         import ray
 
         if self._info is not None and info["number"] < self._info["number"]:
             raise ValueError(f"version {info['number']} is older than the current {self._info['number']}")
-        self._weights = [ray.put(weights)]
+        held = self._held()
+        missing = [shard for shard, key in info["keys"].items() if shard not in weights and held.get(shard) != key]
+        if missing:
+            raise ValueError(f"version {info['number']} lacks the weights of shard(s) {missing}")
+        # Each constituent in its own object, so a replica fetches only the ones that changed.
+        refs = {shard: [ray.put(weights[shard])] if shard in weights else self._weights[shard] for shard in info["keys"]}
         async with self._condition():
-            self._info = info
+            self._info, self._weights = info, refs
             self._condition().notify_all()
 
     async def current(self) -> dict[str, Any] | None:
@@ -75,9 +92,10 @@ class VersionBoard:
         return self._info
 
     async def follow(self, replica: str, handle: Any, known: int | None,
-                     timeout: float = FOLLOW_TIMEOUT_S) -> tuple[dict[str, Any], list[Any]] | None:
+                     timeout: float = FOLLOW_TIMEOUT_S) -> tuple[dict[str, Any], dict[int, Any]] | None:
         """Register `replica` (its actor `handle`, to tell later whether it died) and return the
-        current version and its weights once it is not `known`; None after `timeout` seconds."""
+        current version and its constituents' weights (shard -> [ObjectRef]) once it is not
+        `known`; None after `timeout` seconds."""
         self._replicas.setdefault(replica, {"handle": handle, "acked": -1})
         changed = self._condition()
 
@@ -139,11 +157,18 @@ async def _alive(handle: Any) -> bool:
 class ServedEnsemble:
     """One version's constituents, made ready by `sisa.inference.for_inference`."""
 
-    def __init__(self, info: dict[str, Any], models: list[nn.Module], sample_shape: tuple[int, ...], how: str,
+    def __init__(self, info: dict[str, Any], models: dict[int, nn.Module], sample_shape: tuple[int, ...], how: str,
                  class_names: list[str] | None = None) -> None:
-        """`class_names`: the data set's names of the labels, when it has them (answered beside the labels)."""
-        self.info, self.models, self.sample_shape, self.how = info, models, sample_shape, how
+        """`models`: shard -> constituent, those `info["keys"]` names; `class_names`: the data set's
+        names of the labels, when it has them (answered beside the labels)."""
+        self.info, self.sample_shape, self.how = info, sample_shape, how
+        self.models = dict(sorted(models.items()))  # shard order: the order the run's own ensemble uses
         self.class_names = class_names
+
+    @property
+    def keys(self) -> dict[int, str]:
+        """Shard -> checkpoint key of each constituent."""
+        return dict(self.info.get("keys", {}))
 
     @property
     def number(self) -> int:
@@ -156,13 +181,22 @@ class ServedEnsemble:
             raise NoVersionError(f"version {self.number} has no model: every training sample was deleted")
         inputs = torch.from_numpy(x).reshape(len(x), *self.sample_shape)
         # Batches bound the activations' memory (a CNN's first layer alone is ~100 KB per sample).
-        logits = torch.stack([outputs(model, inputs) for model in self.models])  # (models, samples, classes)
+        logits = torch.stack([outputs(model, inputs) for model in self.models.values()])  # (models, samples, classes)
         probabilities = logits.softmax(-1).mean(0)
         labels = aggregate(logits, self.how).tolist()
         answer = {"version": self.number, "labels": labels, "probabilities": probabilities.tolist()}
         if self.class_names is not None:
             answer["classes"] = [self.class_names[label] for label in labels]
         return answer
+
+
+def reusable(current: ServedEnsemble | None, keys: dict[int, str]) -> dict[int, nn.Module]:
+    """The constituents of `current` a version with `keys` (shard -> checkpoint key) shares: same
+    shard, same key, so the same checkpoint and the same weights."""
+    if current is None:
+        return {}
+    held = current.keys
+    return {shard: model for shard, model in current.models.items() if shard in keys and held.get(shard) == keys[shard]}
 
 
 class NoVersionError(RuntimeError):
@@ -172,9 +206,11 @@ class NoVersionError(RuntimeError):
 class Follower:
     """A prediction replica's side of the board: the ensemble it answers with, kept current."""
 
-    def __init__(self, board: Any, build: Callable[[dict[str, Any], list], ServedEnsemble], replica: str) -> None:
-        """Start following `board`; `build` makes a ServedEnsemble from a version's info and weights."""
-        self.board, self.build, self.replica = board, build, replica
+    def __init__(self, board: Any, build: Callable[[dict[str, torch.Tensor]], nn.Module],
+                 make: Callable[[dict[str, Any], dict[int, nn.Module]], ServedEnsemble], replica: str) -> None:
+        """Start following `board`; `build` makes a constituent ready to predict from its weights,
+        `make` a ServedEnsemble from a version's info and constituents (shard -> model)."""
+        self.board, self.build, self.make, self.replica = board, build, make, replica
         self._lock = threading.Condition()
         self._current: ServedEnsemble | None = None
         self._in_use: Counter[int] = Counter()  # version number -> predictions holding it
@@ -212,6 +248,16 @@ class Follower:
                 self._lock.wait_for(lambda: self._in_use[old.number] == 0)
                 del self._in_use[old.number]
 
+    def _next(self, info: dict[str, Any], refs: dict[int, Any]) -> ServedEnsemble:
+        """The ensemble of version `info`: the current one's constituents where the key is the same,
+        the others fetched from the board and built."""
+        import ray
+
+        kept = reusable(self._current, info["keys"])
+        changed = [shard for shard in info["keys"] if shard not in kept]
+        weights = ray.get([refs[shard][0] for shard in changed])
+        return self.make(info, {**kept, **{shard: self.build(w) for shard, w in zip(changed, weights)}})
+
     def _follow(self) -> None:
         import ray
 
@@ -221,8 +267,8 @@ class Follower:
                 news = ray.get(self.board.follow.remote(self.replica, handle, self.version))
                 if news is None:
                     continue
-                info, [weights] = news
-                self._swap(self.build(info, ray.get(weights)))
+                info, refs = news
+                self._swap(self._next(info, refs))
                 ray.get(self.board.ack.remote(self.replica, int(info["number"])))
                 log.info("replica %s answers with version %d", self.replica, info["number"])
             except Exception:  # noqa: BLE001 - keep following; an unacknowledged version only delays "done"

@@ -13,12 +13,17 @@ until no request does and gives way to one that arrives (a forward pass over the
 about what retraining a few slices does), so back-to-back requests do not queue behind it; only
 the newest version is measured.
 
+A client waiting for a request to end asks once with a wait (`settled`, a long poll): the
+deletion thread wakes every such wait when a version is served or a request fails, so waiting
+clients cost nothing while the shard retrains.
+
 On start it serves whatever the ledger left pending (a service killed during a deletion), before
 it answers anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -44,6 +49,9 @@ from sisa.ledger import Request, ids_digest_hex
 from sisa.unlearning import retraining_cost
 
 log = logging.getLogger(__name__)
+
+SETTLED = ("done", "failed")
+"""States a long poll (`DeletionWorker.settled`) returns at: the request ended, or must be looked at."""
 
 
 def _configure_logging() -> None:
@@ -73,6 +81,7 @@ class DeletionWorker:
         self._arrived: dict[str, float] = {}
         self._versions: dict[int, dict[str, Any]] = {}  # number -> test accuracy, model URI
         self._unevaluated: int | None = None  # the served version whose accuracy waits (deletion thread only)
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()  # long polls (`settled`)
         self._wake, self._started = threading.Event(), threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="deletions", daemon=True)
@@ -170,16 +179,21 @@ class DeletionWorker:
         first_line = str(err).splitlines()[0] if str(err) else ""
         with self._state:
             self._failed.update(dict.fromkeys(names, f"{type(err).__name__}: {first_line}"))
+        self._notify()
         time.sleep(self.settings.retry_after_s)
 
     def _publish(self, number: int, keys: Mapping[int, str], served: list[str]) -> None:
         """Make version `number` (`keys`) the one every replica answers with; returns once all have."""
-        # No keys: every training sample was deleted, and the replicas answer that there is no model.
-        weights = [(shard, model.state_dict()) for shard, model in self.run.constituents(keys)] if keys else []
-        info = {"number": number, "constituents": len(weights), "served": served,
-                "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         import ray
 
+        # Only the constituents the board does not hold yet travel (those the batch retrained), loaded
+        # and verified from the store. No keys: every training sample was deleted, and the replicas
+        # answer that there is no model.
+        held = ray.get(self.board.keys.remote())
+        changed = {shard: key for shard, key in keys.items() if held.get(shard) != key}
+        weights = {shard: model.state_dict() for shard, model in self.run.constituents(changed)} if changed else {}
+        info = {"number": number, "constituents": len(keys), "keys": dict(keys), "served": served,
+                "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ray.get(self.board.publish.remote(info, weights))
         while True:
             missing = ray.get(self.board.unacknowledged.remote(number, self.settings.swap_timeout_s))
@@ -190,6 +204,17 @@ class DeletionWorker:
             self._served, self._keys, self._running = number, dict(keys), []
             for name in served:
                 self._failed.pop(name, None)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every long poll: a version was served or a request failed (deletion thread)."""
+        with self._state:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that poll's event loop has closed: nobody waits there any more
+                pass
 
     def _entry(self, number: int) -> dict[str, Any]:
         with self._state:
@@ -284,6 +309,27 @@ class DeletionWorker:
         if state == "failed":
             answer["error"] = f"{failed}; retried every {self.settings.retry_after_s:g} s"
         return answer
+
+    async def settled(self, request_id: str, wait: float) -> dict[str, Any] | None:
+        """`request`, once the request is done or failed or after `wait` seconds, whichever is first."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._state:  # registered before the first look: a change after it is never missed
+            self._waiters.add(waiter)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                answer = await asyncio.to_thread(self.request, request_id)  # reads the ledger: off the loop
+                left = deadline - time.monotonic()
+                if answer is None or answer["state"] in SETTLED or left <= 0:
+                    return answer
+                try:
+                    await asyncio.wait_for(waiter[1].wait(), left)
+                except TimeoutError:
+                    pass
+                waiter[1].clear()
+        finally:
+            with self._state:
+                self._waiters.discard(waiter)
 
     def status(self) -> dict[str, Any]:
         """What `unlearn status` shows, with the served version's accuracy and the service's state."""

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestration.serve.inputs import ARROW, NPY, InputError, deletion_request, prediction_inputs
+from orchestration.serve.inputs import ARROW, MAX_WAIT_S, NPY, InputError, deletion_request, prediction_inputs, wait_seconds
 
 SHAPE = (1, 2, 2)
 
@@ -75,3 +75,10 @@ def test_deletion_requests_refuse_bad_bodies_saying_what_is_wrong(body, message)
 def test_deletion_request_passes_ids_on_for_the_run_to_check():
     assert deletion_request(_json({"ids": [3, 17.5, "x"], "reason": "gdpr"})) == ([3, 17.5, "x"], "gdpr")
     assert deletion_request(_json({"ids": []})) == ([], "")
+
+
+def test_a_long_poll_waits_from_zero_to_the_cap_and_anything_else_is_refused():
+    assert wait_seconds(None) == 0.0 and wait_seconds("2.5") == 2.5 and wait_seconds(str(MAX_WAIT_S)) == MAX_WAIT_S
+    for bad in ("soon", "", "-0.5", "nan", "inf", str(MAX_WAIT_S + 1)):
+        with pytest.raises(InputError, match="'wait' must be a number of seconds from 0 to 60"):
+            wait_seconds(bad)

@@ -75,8 +75,9 @@ def _forget(service, ids, token=TOKEN) -> requests.Response:
                          headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
-def _state(service, request_id) -> dict:
-    answer = requests.get(f"{service['url']}/requests/{request_id}", headers=AUTH, timeout=60)
+def _state(service, request_id, wait=None) -> dict:
+    answer = requests.get(f"{service['url']}/requests/{request_id}", headers=AUTH, timeout=120,
+                          params=None if wait is None else {"wait": wait})
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -256,6 +257,23 @@ def test_a_request_whose_serving_fails_is_reported_failed_and_retried_until_done
         assert state["state"] in ("failed", "running") and time.monotonic() - began < 240, state
         time.sleep(0.05)
     assert "error" not in state and state["version"] == 5 == _predict(service).json()["version"]
+
+
+def test_a_long_poll_answers_once_the_request_is_done_and_a_short_one_with_the_state_it_has_then(service):
+    sample = int(service["plan"].slice_ids(0)[0][1])  # shard 0, first slice: retrains the whole shard (seconds)
+    request_id = _forget(service, [sample]).json()["request_id"]
+
+    assert _state(service, request_id, wait=0.1)["state"] in ("pending", "running")
+    state = _state(service, request_id, wait=60)  # one question: the answer comes when it is done
+
+    assert state["state"] == "done" and state["version"] == _predict(service).json()["version"]
+    assert _state(service, request_id, wait=60)["state"] == "done"  # already done: answered as it is
+    url = f"{service['url']}/requests/{request_id}"
+    for bad in ("soon", "-1", "61", "nan"):
+        answer = requests.get(url, params={"wait": bad}, headers=AUTH, timeout=60)
+        assert answer.status_code == 400 and "'wait' must be a number of seconds from 0 to 60" in answer.json()["error"]
+    assert requests.get(f"{service['url']}/requests/r-0999", params={"wait": 1}, headers=AUTH,
+                        timeout=60).status_code == 404
 
 
 # Last: stops the service.

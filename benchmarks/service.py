@@ -14,14 +14,17 @@ Everything runs as a user runs it, each command a new process:
               is POST /forget, then GET /requests/<id>?wait=60 (a long poll: answered as soon as the
               request is done) until `done`: request to done, as a client waiting for it sees it.
 
-The ids are the same for the command and the service (random, one per request, `--seed`), and each
-request is served alone (window 0), so both do the same retraining. Predictions: `--clients` threads
+The ids are the same for the command and the service (random, one per request, `--seed`; a longer
+run's ids start with a shorter one's), and each request is served alone (window 0), so both do the
+same retraining. A deletion's cost depends on which slice its id sits in (the first of 8 retrains the
+whole shard, the last one slice), so there are more deletions (`--deletions`) than trainings of the
+monolithic model (`--repeats`), which cost the same every time. Predictions: `--clients` threads
 send POST /predict with `--batch` test samples for `--load-s` seconds with nothing else running,
 then while deletions are served back to back (only answers sent while one was in flight count).
-Medians of `--repeats`. MLflow is off everywhere unless `--track` (its cost is then a phase of the
+Medians throughout. MLflow is off everywhere unless `--track` (its cost is then a phase of the
 command's breakdown).
 
-    python -m benchmarks.service           # MNIST (6,000 samples), small CNN, S=16, R=8, e=10
+    python -m benchmarks.service           # MNIST (6,000 samples), small CNN, S=16, R=8, e=10: 15 deletions
     python -m benchmarks.service --quick   # digits, MLP, S=4, R=2: checks every path (CI)
 """
 
@@ -52,9 +55,9 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-token"
 FULL = {"settings": ["data.name=mnist", f"data.root={SHARED_MNIST.resolve()}", "data.train_limit=6000",
                      "model.name=cnn", "sisa.num_shards=16", "sisa.num_slices=8", "sisa.epochs=10"],
-        "repeats": 5, "load_s": 30.0, "clients": 4, "batch": 64}
+        "repeats": 5, "deletions": 15, "load_s": 30.0, "clients": 4, "batch": 64}
 QUICK = {"settings": ["data.name=digits", "model.name=mlp", "sisa.num_shards=4", "sisa.num_slices=2", "sisa.epochs=4"],
-         "repeats": 1, "load_s": 3.0, "clients": 2, "batch": 16}
+         "repeats": 1, "deletions": 2, "load_s": 3.0, "clients": 2, "batch": 16}
 _TIMINGS = re.compile(r"^timings: (.*); total ([\d.]+) s$")
 
 
@@ -233,7 +236,7 @@ def _test_rows(settings: list[str], count: int) -> list[list[float]]:
     return x.reshape(len(x), -1).tolist()
 
 
-def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) -> dict[str, Any]:
+def run(spec: dict[str, Any], work: Path, repeats: int, deletions: int, seed: int, track: bool) -> dict[str, Any]:
     """Train the ensemble once, then time every variant; returns the results."""
     env = {**os.environ, "UNLEARN_TOKEN": TOKEN, "PYTHONPATH": str(CHECKOUT), "RAY_ADDRESS": "",
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
@@ -245,28 +248,29 @@ def run(spec: dict[str, Any], work: Path, repeats: int, seed: int, track: bool) 
     session = open_session(trained)
     retained, data_cache = session.run.retained_ids(), train_cache(session.config.data)
     del session
-    # `repeats` ids for the timed deletions, then a pool for the deletions served under prediction load.
-    ids = np.random.default_rng(seed).choice(retained, min(len(retained), repeats + 100), replace=False).tolist()
-    results: dict[str, Any] = {"workload": {"settings": spec["settings"], "repeats": repeats, "ids": ids[:repeats],
+    # One random order of the ids: the timed deletions first, then a pool for those served under prediction load.
+    ids = np.random.default_rng(seed).permutation(retained)[: deletions + 100].tolist()
+    results: dict[str, Any] = {"workload": {"settings": spec["settings"], "repeats": repeats, "deletions": deletions,
+                                            "ids": ids[:deletions],
                                             "tracking": track}}
     results["monolithic_s"] = monolithic(work, env, spec["settings"], repeats, tracking)
     results["command"] = {
-        "ray": command(work, env, trained, data_cache, ids[:repeats], tracking),
-        "local-1t": command(work, env, trained, data_cache, ids[:repeats], [*tracking, "--engine", "local"]),
-        "local-2t": command(work, env, trained, data_cache, ids[:repeats],
+        "ray": command(work, env, trained, data_cache, ids[:deletions], tracking),
+        "local-1t": command(work, env, trained, data_cache, ids[:deletions], [*tracking, "--engine", "local"]),
+        "local-2t": command(work, env, trained, data_cache, ids[:deletions],
                             [*tracking, "--engine", "local", "--set", "ray.driver_threads=2"]),
     }
     own = copy_run_dir(trained, work / "service", data_cache)
     service = Service(work / "service", env, [*tracking, *own])
     try:
-        served = [service.forget(sample) for sample in ids[:repeats]]
+        served = [service.forget(sample) for sample in ids[:deletions]]
         time.sleep(1)  # the done lines reach the log through Ray's log forwarding
         results["service"] = {"start_s": service.start_s, "done_s": [seconds for seconds, _ in served],
                               "worker": [_worker_account(service.lines, request) for _, request in served]}
         rows = _test_rows(spec["settings"], spec["batch"])
         results["predictions"] = {
             "idle": prediction_load(service, rows, spec["clients"], spec["load_s"]),
-            "deleting": prediction_load(service, rows, spec["clients"], spec["load_s"], ids[repeats:]),
+            "deleting": prediction_load(service, rows, spec["clients"], spec["load_s"], ids[deletions:]),
         }
     finally:
         service.stop()
@@ -309,7 +313,8 @@ def report(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits, MLP, small: checks every path")
-    parser.add_argument("--repeats", type=int, help="deletions and trainings per variant (medians)")
+    parser.add_argument("--repeats", type=int, help="trainings of the monolithic model (median)")
+    parser.add_argument("--deletions", type=int, help="deletions per command variant and through the service (medians)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the deleted ids")
     parser.add_argument("--track", action="store_true", help="MLflow on (its cost shows in the command's breakdown)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where the JSON goes")
@@ -317,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = QUICK if args.quick else FULL
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
     try:
-        results = run(spec, work, args.repeats or spec["repeats"], args.seed, args.track)
+        results = run(spec, work, args.repeats or spec["repeats"], args.deletions or spec["deletions"], args.seed,
+                      args.track)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_results("service-quick" if args.quick else "service", results, Path(args.out))

@@ -95,6 +95,17 @@ class MemoryTracker:
         return True  # nothing is published, so nothing is missing
 
 
+def artifacts_beside(uri: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: `mlruns` beside the
+    database file, whichever directory a command runs in (MLflow's own default is `./mlruns` of the
+    working directory, which would scatter a store's artifacts over every directory it was used
+    from). None for any other store: its server decides."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.endswith(":memory:"):
+        return None
+    return (Path(uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
+
+
 class MlflowTracker:
     """Logs to MLflow; imported lazily so commands without tracking never load mlflow."""
 
@@ -106,6 +117,12 @@ class MlflowTracker:
         self.mlflow = mlflow
         self.uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
         mlflow.set_tracking_uri(self.uri)
+        location = artifacts_beside(self.uri)
+        if location is not None and mlflow.get_experiment_by_name(config.experiment) is None:
+            try:
+                mlflow.create_experiment(config.experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                pass  # another command created it meanwhile
         mlflow.set_experiment(config.experiment)
 
     @contextmanager

@@ -161,6 +161,9 @@ def test_service_benchmark_quick_mode_times_every_path(tmp_path):
     worker = summary["service"]["worker_median_s"]
     assert 0 < worker["served_s"] <= worker["worker_s"] and worker["swap_s"] > 0
     assert results["predictions"]["idle"]["answers"] > 0 and results["predictions"]["deleting"]["answers"] > 0
+    # More deletions than trainings: a deletion's cost depends on the slice its id sits in.
+    assert len(saved["workload"]["ids"]) == 2 == len(saved["service"]["done_s"]) == len(saved["command"]["ray"])
+    assert len(saved["monolithic_s"]) == 1
 
 
 def test_frozen_benchmark_copies_of_a_run_have_their_own_data_cache(tmp_path):

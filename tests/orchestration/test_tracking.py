@@ -87,6 +87,14 @@ def test_train_and_forget_are_tracked_and_the_new_version_loads_without_the_chec
     assert session.run.ledger.requests()[0].versions == [f"models:/{name}/2"]
 
 
+def test_a_local_database_keeps_its_artifacts_beside_it_whatever_the_working_directory(tracked_run):
+    uri, _, client = tracked_run  # the commands ran in the checkout, not beside the database
+    beside = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.artifact_uri.startswith(beside) for r in runs), [r.info.artifact_uri for r in runs]
+    assert all(e["artifact_uri"].startswith(beside) for e in published(Path(tracked_run[1])))
+
+
 def test_after_forget_no_version_or_logged_model_that_saw_the_ids_can_be_loaded(tracked_run):
     uri, run_dir, client = tracked_run
     session = open_session(run_dir)

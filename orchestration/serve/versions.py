@@ -63,13 +63,6 @@ class VersionBoard:
             self._changed = asyncio.Condition()
         return self._changed
 
-    def _held(self) -> dict[int, str]:
-        return dict(self._info["keys"]) if self._info is not None else {}
-
-    async def keys(self) -> dict[int, str]:
-        """Shard -> checkpoint key of the constituents the board holds (those of the current version)."""
-        return self._held()
-
     async def publish(self, info: dict[str, Any], weights: dict[int, dict[str, torch.Tensor]]) -> None:
         """Make `info` the current version; numbers only grow. `info["keys"]` names every constituent
         (shard -> checkpoint key); `weights` holds those the board does not hold under that key."""
@@ -77,7 +70,7 @@ class VersionBoard:
 
         if self._info is not None and info["number"] < self._info["number"]:
             raise ValueError(f"version {info['number']} is older than the current {self._info['number']}")
-        held = self._held()
+        held = self._info["keys"] if self._info is not None else {}
         missing = [shard for shard, key in info["keys"].items() if shard not in weights and held.get(shard) != key]
         if missing:
             raise ValueError(f"version {info['number']} lacks the weights of shard(s) {missing}")

@@ -187,10 +187,10 @@ class DeletionWorker:
         import ray
 
         # Only the constituents the board does not hold yet travel (those the batch retrained), loaded
-        # and verified from the store. No keys: every training sample was deleted, and the replicas
-        # answer that there is no model.
-        held = ray.get(self.board.keys.remote())
-        changed = {shard: key for shard, key in keys.items() if held.get(shard) != key}
+        # and verified from the store: the board holds the last version this worker published, whose
+        # keys `_keys` are (none after the worker starts, so everything travels then). No keys:
+        # every training sample was deleted, and the replicas answer that there is no model.
+        changed = {shard: key for shard, key in keys.items() if self._keys.get(shard) != key}
         weights = {shard: model.state_dict() for shard, model in self.run.constituents(changed)} if changed else {}
         info = {"number": number, "constituents": len(keys), "keys": dict(keys), "served": served,
                 "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

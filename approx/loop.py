@@ -144,9 +144,22 @@ def unlearn(
         optimizer = method.make_optimizer(model.parameters())
         method.train_mode(model)
         _run_steps(model, method, optimizer, forget, retain, num_classes, seed, total, generator, result, on_step)
+    _check_finite(model, method, result.steps)
     result.seconds = time.perf_counter() - began
     model.eval()
     return result
+
+
+def _check_finite(model: nn.Module, method: UnlearningMethod, steps: int) -> None:
+    """Refuse a model whose weights or buffers are no longer finite.
+
+    Each step checks its loss, but the loss is computed before the step's update: the last update
+    (or one whose loss stayed finite while a weight overflowed, as gradient ascent with a large lr
+    does) can leave inf or NaN weights behind, and such a model's outputs are NaN everywhere.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FloatingPointError(f"{method.name}: {name} became non-finite after {steps} steps; lower lr")
 
 
 def _run_steps(model: nn.Module, method: UnlearningMethod, optimizer: torch.optim.Optimizer, forget: Pair,

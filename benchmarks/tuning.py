@@ -2,8 +2,9 @@
 
 For each setting and scenario, four steps, each an `unlearn` command run in this process:
 
-1. `unlearn tune --method all`: every method's search against retraining (20 trials, 8 models a side),
-   writing `configs/tuned/<data>-cnn-<scenario>/<method>.toml`;
+1. `unlearn tune`: every method's search against retraining (at most 20 trials, 8 models a side)
+   under a wall-clock budget per method (BUDGET_S; SFR-on, whose one trial costs more, BUDGETS_S
+   in a command of its own), writing `configs/tuned/<data>-cnn-<scenario>/<method>.toml`;
 2. `unlearn bench`: every method with its defaults (16 models a side), into
    `benchmarks/results/bench-<setting>-<scenario>/` (the head-to-head bench of benchmarks/README.md);
 3. `unlearn bench --tuned`: the same bench with the tuned configurations (it shares the model cache of
@@ -19,7 +20,10 @@ For each setting and scenario, four steps, each an `unlearn` command run in this
     python -m benchmarks.tuning --quick                      # digits, 2 methods, 3 trials: checks the sequence (CI)
 
 Each step's outputs stay where they are, so a step that is interrupted is rerun alone: the tune's and
-the benches' model caches (`runs/tuning/<setting>/`) keep every finished model.
+the benches' model caches (`runs/tuning/<setting>/`) keep every finished model. `--steps` runs some
+of the steps and reads the others' results from disk: `--steps tune,tuned` beside a recorded
+head-to-head bench (the tuned bench then trains the same originals and oracles itself; the
+comparison refuses two benches whose floor and ceiling rows differ).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 
 import pyarrow.csv as pcsv
 
+import approx
 from orchestration.bench import tuned, tuning
 from orchestration.cli import main as unlearn
 from orchestration.config import load_config
@@ -46,6 +51,16 @@ SETTINGS = {  # name -> (config, data folder under ../shared/data)
     "cifar10": ("configs/bench-cifar10.toml", "cifar-10-jpeg"),
 }
 SCENARIOS = ("random", "hard")
+BUDGET_S = 180.0
+"""Seconds of search per method (`tune.time_budget_s`; trials still running then are stopped, so the
+planned 20 trials are a ceiling). On the Fashion-MNIST random setting on 2 cores every method but
+SFR-on used 46-190 s for its trials (8 unlearning runs and the scores each, two at a time): all
+finished their 20 but SCRUB, whose budget stopped its last; the table reports what each got."""
+BUDGETS_S = {"sfr_on": 900.0}
+"""Methods whose own values cost more than BUDGET_S for one trial: SFR-on's 300 forget and 1,500
+retain reference steps take 55 s a run, so its trial 0 takes 440 s (8 runs on one core); its drawn
+configurations run at most 20% of the original's optimizer steps. It is searched in a command of its
+own (hence its own `--out`); on Fashion-MNIST its 20 trials took 781 s."""
 QUICK = ["--quick", "--set", "data.train_limit=200", "--set", "sisa.epochs=10", "--set", "sisa.batch_size=16"]
 
 
@@ -54,7 +69,8 @@ class Plan:
     """The commands of one setting and scenario, and where their results go."""
 
     name: str
-    tune: list[str]
+    tunes: list[list[str]]
+    """One `unlearn tune` per search budget (BUDGET_S, then each of BUDGETS_S)."""
     default: list[str]
     tuned: list[str]
     config: list[str]
@@ -69,10 +85,14 @@ def plan(setting: str, scenario: str, out: Path) -> Plan:
     name = f"{setting}-{scenario}"
     shared = ["--config", config, "--set", f"data.root={SHARED / folder}", "--set", f"bench.scenario={scenario}"]
     runs = Path("runs/tuning") / setting  # model caches shared by both scenarios (same originals)
-    tune = ["tune", "--method", "all", *shared, "--set", f"bench.cache_dir={runs / 'tune-models'}",
-            "--out", str(runs / f"tune-{scenario}"), "--no-track"]
+    rest = ",".join(m for m in approx.available() if m not in BUDGETS_S)
+    groups = [(rest, BUDGET_S, f"tune-{scenario}"),
+              *((m, budget, f"tune-{scenario}-{m}") for m, budget in BUDGETS_S.items())]
+    tunes = [["tune", "--method", methods, *shared, "--set", f"tune.time_budget_s={budget:g}",
+              "--set", f"bench.cache_dir={runs / 'tune-models'}", "--out", str(runs / folder), "--no-track"]
+             for methods, budget, folder in groups]
     bench = ["bench", *shared, "--set", f"bench.cache_dir={runs / 'bench-models'}", "--no-track"]
-    return Plan(name, tune, [*bench, "--out", str(out / f"bench-{name}")],
+    return Plan(name, tunes, [*bench, "--out", str(out / f"bench-{name}")],
                 [*bench, "--tuned", "--out", str(out / f"bench-{name}-tuned")], shared, tuned.TUNED_DIR, out)
 
 
@@ -81,8 +101,8 @@ def quick_plan(out: Path) -> Plan:
     methods = ["--set", "bench.methods=finetune,gradient_ascent", "--set", "bench.sisa=false"]
     tuned_dir = out / "tuned"
     return Plan("digits-random-quick",
-                ["tune", "--method", "finetune,gradient_ascent", "--trials", "3", *QUICK, "--tuned-dir", str(tuned_dir),
-                 "--out", str(out / "tune"), "--no-track"],
+                [["tune", "--method", "finetune,gradient_ascent", "--trials", "3", *QUICK, "--tuned-dir", str(tuned_dir),
+                 "--out", str(out / "tune"), "--no-track"]],
                 ["bench", *QUICK, *methods, "--set", f"bench.cache_dir={out / 'bench-models'}", "--engine", "local",
                  "--no-track", "--out", str(out / "bench-default")],
                 ["bench", *QUICK, *methods, "--set", f"bench.cache_dir={out / 'bench-models'}", "--engine", "local",
@@ -103,11 +123,20 @@ def _out_of(argv: list[str]) -> Path:
     return Path(argv[argv.index("--out") + 1])
 
 
+def _results(p: Plan, side: str) -> Path:
+    """The results table of the default or tuned bench of `p`; refused in one line when it is not there."""
+    path = _out_of(p.default if side == "default" else p.tuned) / "results.csv"
+    if not path.exists():
+        raise SystemExit(f"no {side} bench in {path.parent}: run its step (--steps ...,{side})")
+    return path
+
+
 def compare(p: Plan) -> dict[str, Any]:
     """Per method: the search budget it got and its default and tuned reported scores, with ranks."""
     config = load_config(_value(p.config, "--config"), _pairs(p.config))
-    sides = {side: {r["method"]: r for r in pcsv.read_csv(_out_of(argv) / "results.csv").to_pylist()
-                    if r["target"] == "single"} for side, argv in (("default", p.default), ("tuned", p.tuned))}
+    sides = {side: {r["method"]: r for r in pcsv.read_csv(_results(p, side)).to_pylist() if r["target"] == "single"}
+             for side in ("default", "tuned")}
+    same_models(sides["default"], sides["tuned"])
     methods: dict[str, dict[str, Any]] = {}
     for side, rows in sides.items():
         floor = rows["retrain"]
@@ -131,6 +160,32 @@ def compare(p: Plan) -> dict[str, Any]:
             for rank, (_, name) in enumerate(ranked, start=1):
                 methods[name][side][f"rank_{key}"] = rank
     return {"setting": p.name, "methods": methods}
+
+
+STEPS = ("tune", "default", "tuned")
+"""The steps of a plan, in the order they run (`--steps` picks some)."""
+REFERENCE_SCORES = ("ua", "ra", "ta", "ulira", "klom_forget", "klom_retain", "klom_test", "mia", "fq")
+"""Scores of the floor and ceiling rows that depend only on the models and the protocol (not on time)."""
+
+
+def same_models(default: dict[str, dict[str, Any]], tuned: dict[str, dict[str, Any]]) -> None:
+    """Refuse to compare two benches that did not score the same originals and oracles.
+
+    The two sides differ only in the unlearning runs, so their retraining (floor) and no-unlearning
+    (ceiling) rows must agree score for score; a difference means another protocol, recipe or code,
+    e.g. a default bench recorded before a change that moved trained bits.
+
+    Raises:
+        SystemExit: naming the first score that differs.
+    """
+    for name in ("retrain", "original"):
+        for key in REFERENCE_SCORES:
+            a, b = default[name].get(key), tuned[name].get(key)
+            if a is None or b is None or (isinstance(a, float) and math.isnan(a) and math.isnan(b)):
+                continue
+            if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+                raise SystemExit(f"the default and tuned benches scored different models: {name} {key} is {a} "
+                                 f"against {b}; rerun the default bench (--steps default)")
 
 
 def _value(args: list[str], flag: str) -> str | None:
@@ -169,7 +224,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--only", help="one setting and scenario, e.g. fashion-mnist-random")
     parser.add_argument("--quick", action="store_true", help="digits, 2 methods, 3 trials (CI)")
     parser.add_argument("--out", help="results folder (default benchmarks/results; --quick: runs/tuning-quick)")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"the steps to run, comma-separated (default {','.join(STEPS)}); the comparison reads the "
+                             "others' results from disk, e.g. --steps tune,tuned beside a recorded head-to-head bench, "
+                             "or --steps= to redo only the comparison")
     args = parser.parse_args(argv)
+    chosen = [step.strip() for step in args.steps.split(",") if step.strip()]
+    if set(chosen) - set(STEPS):
+        raise SystemExit(f"--steps {args.steps!r}: give some of {', '.join(STEPS)}, comma-separated, or none "
+                         "(--steps= : only the comparison)")
     if args.quick:
         plans = [quick_plan(Path(args.out or "runs/tuning-quick"))]
     else:
@@ -179,14 +242,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise SystemExit(f"--only {args.only}: valid: {', '.join(f'{s}-{c}' for s in SETTINGS for c in SCENARIOS)}")
     results = []
     for p in plans:
+        steps = [*((f"tune {i}", argv) for i, argv in enumerate(p.tunes, start=1)), ("default", p.default),
+                 ("tuned", p.tuned)]
         if args.plan:
-            for argv in (p.tune, p.default, p.tuned):
+            for _, argv in steps:
                 print(f"unlearn {shlex.join(argv)}")
             continue
-        seconds = {step: _run(argv) for step, argv in (("tune", p.tune), ("default", p.default), ("tuned", p.tuned))}
-        comparison = {**compare(p), "seconds": seconds, "commands": {k: ["unlearn", *v] for k, v in
-                                                                       (("tune", p.tune), ("default", p.default),
-                                                                        ("tuned", p.tuned))}}
+        for side in (s for s in ("default", "tuned") if s not in chosen):
+            _results(p, side)  # a step not run must have run before: say so before the others take hours
+        seconds = {step: _run(argv) for step, argv in steps if step.split()[0] in chosen}
+        comparison = {**compare(p), "seconds": seconds,
+                      "commands": {step: ["unlearn", *argv] for step, argv in steps}}
         p.results.mkdir(parents=True, exist_ok=True)
         (p.results / f"tuning-{p.name}.json").write_text(json.dumps(comparison, indent=1, default=str))
         (p.results / f"tuning-{p.name}.md").write_text(markdown(comparison))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import approx
 from benchmarks import deletion, overhead, parallel, service, storage, tuning
 
 
@@ -61,9 +62,47 @@ def test_tuning_benchmark_plan_prints_tune_default_and_tuned_bench_per_setting_a
     monkeypatch.chdir(tmp_path)
     assert tuning.main(["--plan"]) == []
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == ["tune", "bench", "bench"] * 4
-    assert sum("--tuned" in line for line in lines) == 4 and all("--method all" in line for line in lines[::3])
+    assert [line.split()[1] for line in lines] == ["tune", "tune", "bench", "bench"] * 4
+    assert sum("--tuned" in line for line in lines) == 4
+    for first, second in zip(lines[::4], lines[1::4], strict=True):  # every method searched once, SFR-on apart
+        searched = first.split("--method ")[1].split()[0].split(",") + second.split("--method ")[1].split()[0].split(",")
+        assert sorted(searched) == approx.available() and second.split("--method ")[1].startswith("sfr_on ")
+        assert "tune.time_budget_s=180" in first and "tune.time_budget_s=900" in second
+        assert first.split("--out ")[1] != second.split("--out ")[1]  # a tune's trial records are its own
     assert list(tmp_path.iterdir()) == []
+
+
+def _rows(**scores):
+    return {"retrain": {"ua": 10.0, "ra": 90.0, "ulira": float("nan"), **scores}, "original": {"ua": 2.0, "ra": 99.0}}
+
+
+def test_the_tuning_comparison_refuses_benches_that_scored_different_models():
+    tuning.same_models(_rows(), _rows(seconds=99.0))  # the time of the floor's runs may differ
+    with pytest.raises(SystemExit, match="retrain ua is 10.0 against 10.5"):
+        tuning.same_models(_rows(), _rows(ua=10.5))
+
+
+def test_the_tuning_benchmark_runs_the_steps_it_is_given_and_reads_the_others_from_disk(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(tuning, "_run", lambda argv: ran.append(argv[0]) or 1.0)
+    with pytest.raises(SystemExit, match="no default bench in .*: run its step"):
+        tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path), "--steps", "tune,tuned"])
+    assert ran == []  # refused before any step ran
+    (tmp_path / "bench-fashion-mnist-random").mkdir()
+    (tmp_path / "bench-fashion-mnist-random" / "results.csv").write_text("method\n")
+    monkeypatch.setattr(tuning, "compare", lambda p: {"setting": p.name, "methods": {}})
+    (saved,) = tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path), "--steps", "tune,tuned"])
+    assert ran == ["tune", "tune", "bench"] and set(saved["seconds"]) == {"tune 1", "tune 2", "tuned"}
+    ran.clear()
+    (saved,) = tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path)])
+    assert ran == ["tune", "tune", "bench", "bench"] and set(saved["seconds"]) == {"tune 1", "tune 2", "default", "tuned"}
+    with pytest.raises(SystemExit, match="--steps 'tune,bench': give some of tune, default, tuned"):
+        tuning.main(["--steps", "tune,bench"])
+    ran.clear()
+    with pytest.raises(SystemExit, match="no default bench in"):  # nothing to run: the comparison needs both
+        tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path / "elsewhere"), "--steps="])
+    (saved,) = tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path), "--steps="])
+    assert ran == [] and saved["seconds"] == {}
 
 
 @pytest.mark.ray

@@ -129,6 +129,10 @@ class ModelOutputs:
         arrays.update({f"predicted/{s}": v for s, v in self.predicted.items()})
         atomic_write(path, lambda tmp: np.savez_compressed(tmp, forget_log_probs=self.forget_log_probs, **arrays))
 
+    def finite(self) -> bool:
+        """Whether every margin is finite: one model's are unless its logits overflowed to inf or NaN."""
+        return all(bool(np.isfinite(m).all()) for m in self.margins.values())
+
     @classmethod
     def load(cls, path: Path) -> ModelOutputs:
         with np.load(path) as data:

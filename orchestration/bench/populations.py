@@ -108,7 +108,14 @@ def run_job(job: Job, ws: Workspace) -> JobResult:
     path = ws.outputs_file(folder, family)
     if not path.exists():
         evaluate(_load_models(folder / "model.pt", ws), ws.aggregation(family), ws).save(path)
-    return JobResult(job, ModelOutputs.load(path), cost, fresh, request_costs)
+    result = ModelOutputs.load(path)
+    if isinstance(job, Unlearn) and not result.finite():
+        # Finite weights can still overflow the logits (gradient ascent with a large lr): no score is
+        # defined on such outputs, so the run is a failed configuration, like a non-finite loss.
+        shutil.rmtree(folder, ignore_errors=True)
+        return JobResult(job, None, cost, True, skipped=f"{job.method.name}: its outputs became non-finite "
+                                                        "(inf or NaN logits); lower lr")
+    return JobResult(job, result, cost, fresh, request_costs)
 
 
 def evaluate(models: list[nn.Module], how: str, ws: Workspace) -> ModelOutputs:

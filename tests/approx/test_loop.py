@@ -208,3 +208,13 @@ def test_on_step_reports_every_step_with_its_phase_and_loss_terms():
                    on_step=lambda progress, terms: seen.append((progress.step, progress.phase, tuple(terms))))
     assert seen == [(0, "forget", ("forget_random_ce",)), (1, "forget", ("forget_random_ce",))] + [
         (step, "retain", ("retain_ce",)) for step in range(2, 6)]
+
+
+def test_an_update_that_leaves_non_finite_weights_is_refused_though_every_loss_was_finite():
+    """Each loss is computed before its update, so the last update can overflow a weight unseen: a
+    model with inf weights answers NaN everywhere, and the bench's scores cannot be computed on it."""
+    (fx, fy), retain = _sets()
+    # One step of lr 1e37 on gradients near 100 (inputs scaled up): past float32's 3.4e38.
+    method = approx.create("gradient_ascent", lr=1e37, epochs=1, batch_size=64)
+    with pytest.raises(FloatingPointError, match=r"gradient_ascent: linear\.weight became non-finite after 1 steps"):
+        approx.unlearn(_recorder(), method, (fx * 100, fy), retain, num_classes=3)

@@ -95,6 +95,28 @@ def test_unlearn_job_that_the_method_cannot_run_is_skipped_with_the_reason(tmp_p
     assert not (ws.cache / folder_name(job, ws.config)).exists()
 
 
+def test_an_unlearned_model_whose_outputs_overflow_is_a_failed_run_not_a_score(tmp_path, monkeypatch):
+    """Finite weights whose logits overflow (gradient ascent at a large lr): no metric is defined on
+    NaN margins, so the run is skipped with the reason, as a non-finite loss is, and nothing is kept."""
+    ws = workspace(tmp_path)
+    original = Train("single", 5, ws.train.ids)
+    run_job(original, ws)
+    real = approx.unlearn
+
+    def overflow(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(1e30)  # finite, but a layer's sums pass float32's 3.4e38
+        return result
+
+    monkeypatch.setattr(populations.approx, "unlearn", overflow)
+    job = Unlearn(original, approx.create("finetune"), (ws.splits["forget"][1],), 0)
+    result = run_job(job, ws)
+    assert result.skipped == "finetune: its outputs became non-finite (inf or NaN logits); lower lr"
+    assert result.outputs is None and not (ws.cache / folder_name(job, ws.config)).exists()
+
+
 def test_unlearn_constituents_changes_only_shards_holding_the_ids_and_never_retrains_on_forgotten_ids(tmp_path):
     table = make_table()
     run = open_run(tmp_path / "run", table)

@@ -101,6 +101,8 @@ def test_the_tuning_benchmark_runs_the_steps_it_is_given_and_reads_the_others_fr
     ran.clear()
     with pytest.raises(SystemExit, match="no default bench in"):  # nothing to run: the comparison needs both
         tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path / "elsewhere"), "--steps="])
+    (tmp_path / "bench-fashion-mnist-random-tuned").mkdir()
+    (tmp_path / "bench-fashion-mnist-random-tuned" / "results.csv").write_text("method\n")
     (saved,) = tuning.main(["--only", "fashion-mnist-random", "--out", str(tmp_path), "--steps="])
     assert ran == [] and saved["seconds"] == {}
 

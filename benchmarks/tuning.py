@@ -62,6 +62,10 @@ retain reference steps take 55 s a run, so its trial 0 takes 440 s (8 runs on on
 configurations run at most 20% of the original's optimizer steps. It is searched in a command of its
 own (hence its own `--out`); on Fashion-MNIST its 20 trials took 781 s."""
 QUICK = ["--quick", "--set", "data.train_limit=200", "--set", "sisa.epochs=10", "--set", "sisa.batch_size=16"]
+STEPS = ("tune", "default", "tuned")
+"""The steps of a plan, in the order they run (`--steps` picks some)."""
+REFERENCE_SCORES = ("ua", "ra", "ta", "ulira", "klom_forget", "klom_retain", "klom_test", "mia", "fq")
+"""Scores of the floor and ceiling rows that depend only on the models and the protocol (not on time)."""
 
 
 @dataclass
@@ -160,12 +164,6 @@ def compare(p: Plan) -> dict[str, Any]:
             for rank, (_, name) in enumerate(ranked, start=1):
                 methods[name][side][f"rank_{key}"] = rank
     return {"setting": p.name, "methods": methods}
-
-
-STEPS = ("tune", "default", "tuned")
-"""The steps of a plan, in the order they run (`--steps` picks some)."""
-REFERENCE_SCORES = ("ua", "ra", "ta", "ulira", "klom_forget", "klom_retain", "klom_test", "mia", "fq")
-"""Scores of the floor and ceiling rows that depend only on the models and the protocol (not on time)."""
 
 
 def same_models(default: dict[str, dict[str, Any]], tuned: dict[str, dict[str, Any]]) -> None:

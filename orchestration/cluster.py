@@ -53,8 +53,13 @@ def ensure_ray(address: str = "", num_cpus: int | None = None):  # noqa: ANN201 
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or ""
         with phase("ray start"):
-            ray.init(address=target or "local", num_cpus=None if target else num_cpus, include_dashboard=False,
-                     log_to_driver=True, logging_level=logging.WARNING)
+            try:
+                ray.init(address=target or "local", num_cpus=None if target else num_cpus, include_dashboard=False,
+                         log_to_driver=True, logging_level=logging.WARNING)
+            except ConnectionError as err:
+                raise ValueError(f"cannot join the Ray cluster at {target}: {str(err).strip().splitlines()[0]}; give "
+                                 "the address of a running cluster (`ray start --head` prints it), or none for a "
+                                 "local one") from None
         cpus = int(ray.cluster_resources().get("CPU", 0))
         log.info("ray: %s (%d CPUs)", f"joined the cluster at {target}" if target else "started a local cluster", cpus)
     return ray

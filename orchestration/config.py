@@ -470,6 +470,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 values = _merge(values, tomllib.load(f))
         except FileNotFoundError:
             raise ValueError(f"config file {path} does not exist") from None
+        except OSError as err:  # a folder, a file this user cannot read
+            raise ValueError(f"config file {path} cannot be read ({err.strerror}); give a TOML file") from None
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config file {path} is not valid TOML: {err}") from None
     values = _merge(values, parse_overrides(overrides or []))

@@ -63,7 +63,10 @@ class SFROn(TrainingMethod):
     reference = "Huang et al., NeurIPS 2024; code: K1nght/Unified-Unlearning-w-Remain-Geometry unlearn/sfron.py"
     space: ClassVar[dict[str, Domain]] = {
         **TrainingMethod.space,
-        "iterations": Budget(1, 0.2, "steps"),
+        # Iterations of one retain batch each, within 20% of the samples the original training drew
+        # (as an epoch budget counts passes over the retain set; the forget steps come on top, as they
+        # do in an epoch of NegGrad+). Counted in steps, a batch of 256 would buy 8x the data of 32.
+        "iterations": Budget(1, 0.2, "samples", per="batch_size"),
         "forget_scale": LogUniform(1.0, 100.0),
         "forget_every": IntUniform(1, 10),
     }

@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.search.sample import Domain as RayDomain
+from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+from ray.tune.search.variant_generator import RecursiveDependencyError
 
-from approx.space import Budget, Choice, Domain, IntUniform, LogUniform, Uniform
+from approx.space import Budget, Choice, Domain, IntUniform, LogUniform, Quota, Uniform
 from orchestration.bench.fanout import torch_threads
 
 METRIC = "objective"
@@ -37,6 +40,31 @@ SECONDS = "objective_seconds"
 """Where the objective's wall time travels beside it."""
 Objective = Callable[[dict[str, Any], Any], dict[str, Any]]
 """(params, context) -> a dict holding METRIC (and anything else worth recording)."""
+
+
+class _QuotaDomain(RayDomain):
+    """A Quota as a Ray Tune domain, drawn from the search's seeded random state once the field it
+    depends on is drawn (Ray Tune retries a domain that reads an unresolved field). Not a
+    `sample_from`: those get no random state, and a first trial cannot preset their value."""
+
+    def __init__(self, quota: Quota) -> None:
+        self.quota = quota
+
+    def sample(self, config: Any = None, size: int = 1, random_state: Any = None) -> int:
+        spec = config["config"] if "config" in config else config  # Ray Tune passes its spec, a test the config
+        per = spec[self.quota.per]
+        if isinstance(per, RayDomain):
+            raise RecursiveDependencyError(f"{self.quota.per} is not drawn yet")
+        rng = random_state if isinstance(random_state, _BackwardsCompatibleNumpyRng) \
+            else _BackwardsCompatibleNumpyRng(random_state)
+        return int(rng.integers(self.quota.low, self.quota.high({self.quota.per: per}) + 1))
+
+    def is_valid(self, value: Any) -> bool:
+        return self.quota.low <= value
+
+    @property
+    def domain_str(self) -> str:
+        return repr(self.quota)
 
 
 def domains(space: Mapping[str, Domain]) -> dict[str, Any]:
@@ -59,6 +87,8 @@ def domains(space: Mapping[str, Domain]) -> dict[str, Any]:
             out[name] = tune.randint(domain.low, domain.high + 1)  # randint leaves out its upper bound
         elif isinstance(domain, Choice):
             out[name] = tune.choice(list(domain.values))
+        elif isinstance(domain, Quota):
+            out[name] = _QuotaDomain(domain)
         else:
             raise TypeError(f"{name}: no Ray Tune domain for {domain!r}")
     return out
@@ -99,7 +129,11 @@ class SearchResult:
     @property
     def best(self) -> TrialRecord | None:
         """The finished trial of lowest objective (the earlier one on a tie); None if none finished."""
-        return min(self.finished, key=lambda t: (t.objective, t.number), default=None)
+        return self.best_of(lambda trial: True)
+
+    def best_of(self, eligible: Callable[[TrialRecord], bool]) -> TrialRecord | None:
+        """The eligible finished trial of lowest objective (the earlier one on a tie), or None."""
+        return min((t for t in self.finished if eligible(t)), key=lambda t: (t.objective, t.number), default=None)
 
 
 def _run_trial(params: dict[str, Any], objective: Objective, context: Any) -> dict[str, Any]:
@@ -170,7 +204,8 @@ def search(name: str, param_space: dict[str, Any], objective: Objective, context
     # Ray Tune's newer console output prints a banner per experiment even when told to be silent;
     # the older one is silent at verbose=0. Progress is this command's to show.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # `first` may lie outside the space (a method's own epochs beyond the budget): on purpose.
+    # `first` may lie outside the space (a method's own epochs beyond the budget): on purpose, it
+    # measures the method as configured; the caller decides whether such a trial may be the best.
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     stream = _Stream(on_trial)
     trainable = tune.with_resources(tune.with_parameters(_run_trial, objective=objective, context=context), {"cpu": 1})

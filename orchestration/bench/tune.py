@@ -7,9 +7,11 @@ For one setting (data set, model, scenario: a bench config) the tuner
 2. trains the tuning populations, N originals on its data and N oracles without its forget set,
    through the bench's fan-out and model cache, and scores the floor (oracles against oracles)
    and the ceiling (originals: no unlearning) with the objective, for scale;
-3. per method: resolves its space (`Budget`s against the original training: epochs, or optimizer
-   steps for iteration-counted methods), and searches it on Ray Tune (search.py); trial 0 is the
-   method as configured, so a search never returns something worse than it on the tuning data;
+3. per method: resolves its space (`Budget`s against the original training: its epochs, or for
+   iteration-counted methods the samples it drew), and searches it on Ray Tune (search.py). Trial 0
+   is the method as configured: it is the baseline the search is measured against, and it may be
+   the best only when it fits the budget (a reference recipe may run longer than the 20% the search
+   allows; then the best is the best drawn trial, every one of which fits);
 4. writes each method's best configuration to `<tuned dir>/<data>-<model>-<scenario>/<method>.toml`
    (tuned.py) and every trial to `<out>/trials.jsonl` (its parameters, scores and what it saw).
 
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 import approx
-from approx.space import resolve
+from approx.space import over_budget, resolve
 from orchestration.bench import protocol, tuned, tuning
 from orchestration.bench.fanout import Progress, torch_threads
 from orchestration.bench.protocol import Protocol
@@ -58,6 +60,10 @@ class MethodSearch:
     """search.SearchResult, or None when the method was skipped."""
     default: float = math.nan
     """Objective of trial 0: the method as configured."""
+    best: Any = None
+    """search.TrialRecord: the finished trial of lowest objective among those within the budget."""
+    default_over: list[str] = field(default_factory=list)
+    """How the method's own values exceed the budget ('epochs=10 > 8'); empty when they fit."""
     path: Path | None = None
     """The tuned configuration written, if any trial finished."""
     space: dict[str, str] = field(default_factory=dict)
@@ -95,16 +101,22 @@ class TuneResult:
 
 
 def searched(config: RunConfig, methods: list[str]) -> BenchConfig:
-    """The bench settings with `methods` to run, keeping only their bench.params (unknown names fail
-    in protocol.create_methods, before anything starts)."""
+    """The bench settings with `methods` to run, keeping only their bench.params: the bench config's
+    params for the methods not searched now are kept out, a name no method has is refused (a typo
+    would otherwise leave the method at its defaults without a word)."""
+    unknown = sorted(set(config.bench.params) - set(approx.available()))
+    if unknown:
+        raise ValueError(f"bench.params names unknown method(s) {unknown}; methods: {', '.join(approx.available())}")
+    for name, values in config.bench.params.items():  # a bad value for a method not searched now is refused too
+        approx.create(name, **values)
     params = {k: v for k, v in config.bench.params.items() if k in methods}
     return dataclasses.replace(config.bench, methods=tuple(methods), params=params)
 
 
 def original_budget(config: RunConfig, train: SampleTable) -> dict[str, int]:
-    """The original single model's training in each Budget unit: epochs, and optimizer steps."""
-    sisa = config.sisa
-    return {"epochs": sisa.epochs, "steps": sisa.epochs * math.ceil(len(train) / sisa.batch_size)}
+    """The original single model's training in each Budget unit: its epochs, and the samples it drew
+    (an epoch draws every training sample once, whatever the batch size)."""
+    return {"epochs": config.sisa.epochs, "samples": config.sisa.epochs * len(train)}
 
 
 def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, command: str,
@@ -122,9 +134,11 @@ def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, 
         progress: hears of every model job and every trial.
     """
     from orchestration.bench import search
+    from orchestration.cluster import ensure_ray
 
     bases = {m.name: m for m in protocol.create_methods(searched(config, methods))}
     train, test = load_dataset(config.data)
+    ensure_ray(config.ray.address)  # joined before anything is written: a cluster that cannot be reached changes nothing
     out = out.resolve()
     cache = (Path(config.bench.cache_dir) if config.bench.cache_dir else out / "models").resolve()
     fanout = make_fanout(dataclasses.replace(config, ray=dataclasses.replace(config.ray, engine="ray")))
@@ -186,9 +200,12 @@ def run_tune(config: RunConfig, methods: list[str], out: Path, tuned_dir: Path, 
                                      planned=config.tune.trials)
                 zero = next((t for t in result.trials if t.number == 0), None)
                 found.default = zero.objective if zero is not None else math.nan
-                if result.best is not None:
+                declared = type(base).space
+                found.default_over = over_budget(declared, budget, first)
+                found.best = result.best_of(lambda t, declared=declared: not over_budget(declared, budget, t.params))
+                if found.best is not None:
                     found.path = _write(config, tuned_dir, found, base, floor, ceiling, command, budget)
-                    tracker.log_metrics({"objective/best": result.best.objective, "objective/default": found.default,
+                    tracker.log_metrics({"objective/best": found.best.objective, "objective/default": found.default,
                                          "trials/finished": len(result.finished),
                                          "trials/failed": found.failed, "trials/not_run": found.not_run,
                                          "time/search_s": result.seconds})
@@ -234,7 +251,7 @@ def _plain(value: Any) -> Any:
 def _write(config: RunConfig, tuned_dir: Path, found: MethodSearch, base: approx.UnlearningMethod, floor: float,
            ceiling: float, command: str, budget: dict[str, int]) -> Path:
     """The best configuration as `<tuned_dir>/<setting>/<method>.toml`, with how it was found."""
-    result, best = found.result, found.result.best
+    result, best = found.result, found.best
     defaults = dataclasses.asdict(approx.create(found.method))
     chosen = dataclasses.asdict(tuning.configured(found.method, config.bench.params.get(found.method, {}), best.params))
     # the searched values, and any other value the bench set that differs from the method's default
@@ -247,7 +264,9 @@ def _write(config: RunConfig, tuned_dir: Path, found: MethodSearch, base: approx
         f"`unlearn tune` on {date}:",
         f"  {command}",
         f"Random search over {', '.join(found.space)} ({config.tune.trials} trials{limit}; budgets against the "
-        f"original training's {budget['epochs']} epochs, {budget['steps']} steps; trial 0 is the method's own values):",
+        f"original training's {budget['epochs']} epochs, {budget['samples']} samples drawn; trial 0 is the method's own "
+        + (f"values, over the budget ({', '.join(found.default_over)}), so not a candidate):" if found.default_over
+           else "values):"),
         f"{len(result.finished)} finished, {found.failed} failed, {found.not_run} not run (time budget), "
         f"{result.seconds:.0f} s of search.",
         f"Best objective {best.objective:.4f} (trial {best.number}; the method's own values: {found.default:.4f}; "
@@ -260,7 +279,8 @@ def _write(config: RunConfig, tuned_dir: Path, found: MethodSearch, base: approx
               "finished": len(result.finished), "failed": found.failed, "not_run": found.not_run,
               "time_budget_s": config.tune.time_budget_s,
               "seconds": round(result.seconds, 1), "models": config.tune.models, "objective": best.objective,
-              "default_objective": found.default, "floor_objective": floor, "ceiling_objective": ceiling,
+              "default_objective": found.default, "default_over_budget": found.default_over,
+              "floor_objective": floor, "ceiling_objective": ceiling,
               "best_trial": best.number, "scores": scores, "space": found.space,
               "recipe": tuned.recipe(config), "protocol": tuned.protocol_settings(config)}
     return tuned.write(tuned.path_of(tuned_dir, config, found.method), found.method, params, record, header)
@@ -294,16 +314,20 @@ def tune_table(result: TuneResult) -> str:
         if found.result is None:
             lines.append(f"{found.method:22}skipped: {found.note}")
             continue
-        trials, best = found.result.trials, found.result.best
+        trials, best = found.result.trials, found.best
         row = f"{found.method:22}{f'{len(found.result.finished)}/{found.planned}':>9}{found.failed:>7}{found.default:>8.3f}"
         if best is None:
-            lines.append(f"{row}  no trial finished: {trials[0].error if trials else 'none started'}")
+            why = "none within the budget" if found.result.finished else (trials[0].error if trials else "none started")
+            lines.append(f"{row}  no trial finished: {why}")
             continue
         scores = best.result
         lines.append(f"{row}{best.objective:>8.3f}{scores['ulira']:>8.2f}{scores['ua']:>7.1f}{scores['ra']:>7.1f}"
                      f"{scores['ta']:>7.1f}{found.result.seconds:>10.0f}")
         params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
         lines.append(f"  trial {best.number}: {params} -> {found.path}")
+        if found.default_over:
+            lines.append(f"  its own values run past the budget ({', '.join(found.default_over)}): trial 0 measured them, "
+                         "not a candidate")
     return "\n".join(lines) + "\n"
 
 

@@ -80,7 +80,7 @@ def test_method_space_names_real_fields_and_its_samples_build_valid_methods(name
     assert set(domains) <= fields, f"{name}.space names non-fields {sorted(set(domains) - fields)}"
     rng = random.Random(0)
     for _ in range(20):
-        params = space.sample(domains, rng, {"epochs": 20, "steps": 3000})
+        params = space.sample(domains, rng, {"epochs": 20, "samples": 200_000})
         method = approx.create(name, **params)
         assert {k: getattr(method, k) for k in params} == params
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from ray import tune as ray_tune
 
+from approx.space import Budget, Choice, resolve
 from orchestration.bench import tuned
-from orchestration.bench.search import search
+from orchestration.bench.search import domains, search
 from orchestration.cli import main
 from orchestration.config import load_config
 from sisa.plan import ids_digest
@@ -64,10 +65,11 @@ def test_quick_tune_writes_tuned_configs_saying_how_they_were_found_and_the_benc
                                                              *_sets(SETTING)])
     record = tuned.read(folder / "finetune.toml")
     assert record.tuning["trials"] == 3 and record.tuning["finished"] + record.tuning["failed"] == 3
-    assert record.tuning["objective"] <= record.tuning["default_objective"]  # trial 0 is the method's own values
     assert set(record.params) >= {"lr", "weight_decay", "batch_size", "epochs"}
     assert record.tuning["space"]["epochs"] == "IntUniform(low=1, high=2)"  # up to 20% of the original's 10 epochs
-    assert record.tuning["best_trial"] == 0 or record.params["epochs"] in (1, 2)
+    # trial 0, the method's own 10 epochs, runs past that budget: measured, never chosen
+    assert record.tuning["default_over_budget"] == ["epochs=10 > 2"] and "so not a candidate" in text
+    assert record.tuning["best_trial"] in (1, 2) and record.params["epochs"] in (1, 2)
     assert bench_code == 0, bench_err
     assert "tuned hyperparameters from configs/tuned/digits-mlp-random: finetune (3 trials), gradient_ascent (3 trials)" \
         in bench_out
@@ -156,6 +158,24 @@ def test_a_killed_trial_is_retried_one_that_keeps_dying_is_reported_and_the_sear
     assert Path(tmp_path / "marker").exists()
 
 
+def batch_times_iterations(params: dict, context: None) -> dict:
+    return {"objective": params["iterations"] * params["batch_size"]}
+
+
+@pytest.mark.ray
+def test_a_sample_budget_holds_in_every_drawn_trial_and_the_draws_repeat(ray_cluster, tmp_path):
+    """SFR-on's kind of budget on Ray Tune: iterations drawn after the batch size, within 4,000 samples."""
+    space = domains(resolve({"batch_size": Choice((64, 256)), "iterations": Budget(1, 0.2, "samples", per="batch_size")},
+                            {"samples": 20_000}))
+    runs = [search(f"quota{n}", space, batch_times_iterations, None, trials=6, storage=tmp_path / "ray", seed=3,
+                   first={"batch_size": 256, "iterations": 100}) for n in range(2)]
+    assert runs[0].trials[0].params == {"batch_size": 256, "iterations": 100}  # preset, though over the budget
+    drawn = [[t.params for t in r.trials if t.number > 0] for r in runs]
+    assert drawn[0] == drawn[1] and len(drawn[0]) == 5  # seeded: the same five configurations both times
+    assert all(1 <= p["iterations"] <= 4000 // p["batch_size"] for p in drawn[0])
+    assert len({p["iterations"] for p in drawn[0]}) > 1
+
+
 # --- Bad input ---------------------------------------------------------------------------------------
 
 
@@ -166,6 +186,9 @@ def test_a_killed_trial_is_retried_one_that_keeps_dying_is_reported_and_the_sear
     (["--method", "finetune", "--time-budget", "-5"], "tune.time_budget_s must be >= 0 (0 = no limit), got -5.0"),
     (["--method", "finetune", "--set", "tune.models=4"], "tune.models must be at least 8"),
     (["--method", "finetune", "--set", "bench.params.finetune.nosuch=1"], "method 'finetune' has no parameter(s)"),
+    (["--method", "finetune", "--set", "bench.params.fintune.lr=0.1"], "bench.params names unknown method(s) ['fintune']"),
+    (["--method", "finetune", "--set", "bench.params.ssd.nosuch=1"], "method 'ssd' has no parameter(s)"),
+    (["--method", "finetune", "--config", "."], "config file . cannot be read (Is a directory); give a TOML file"),
     (["--method", "finetune", "--address", "ray://head:10001"], "a Ray Client address (ray://head:10001) cannot do"),
 ])
 def test_tune_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, monkeypatch, argv, message):

@@ -10,7 +10,7 @@ import pytest
 
 import approx
 from approx.registry import method_class
-from approx.space import Budget, Choice, IntUniform, LogUniform, Uniform, resolve
+from approx.space import Budget, Choice, IntUniform, LogUniform, Quota, Uniform, over_budget, resolve
 from orchestration.bench import protocol, tuning
 from orchestration.bench.protocol import ROLES
 from orchestration.bench.tune import original_budget
@@ -76,26 +76,33 @@ def test_class_tuning_needs_another_class_to_forget_and_one_to_keep():
         tuning.carve(config, train, test, reported)
 
 
-def test_original_budget_counts_epochs_and_optimizer_steps(digits):
-    """400 samples at batch 64 are 7 steps an epoch (the last one partial); 20 epochs, 140 steps."""
-    assert original_budget(DIGITS, digits[0]) == {"epochs": 20, "steps": 140}
+def test_original_budget_counts_epochs_and_the_samples_they_drew(digits):
+    """20 epochs over 400 samples drew 8,000, whatever the batch size."""
+    assert original_budget(DIGITS, digits[0]) == {"epochs": 20, "samples": 8000}
 
 
 @pytest.mark.parametrize("name", approx.available())
 def test_every_method_space_becomes_ray_tune_domains_that_sample_inside_it(name):
     from orchestration.bench.search import domains
 
-    space = resolve(method_class(name).space, {"epochs": 20, "steps": 140})
+    space = resolve(method_class(name).space, {"epochs": 20, "samples": 8000})
     translated = domains(space)
     assert set(translated) == set(space)
     rng = np.random.default_rng(0)
-    for key, domain in space.items():
-        for _ in range(20):
-            value = translated[key].sample(random_state=rng) if hasattr(translated[key], "sample") else translated[key]
+    for _ in range(20):
+        drawn = {k: translated[k].sample(random_state=rng) if hasattr(translated[k], "sample") else translated[k]
+                 for k, domain in space.items() if not isinstance(domain, Quota)}
+        drawn |= {k: translated[k].sample(config=drawn, random_state=rng)
+                  for k, domain in space.items() if isinstance(domain, Quota)}
+        for key, domain in space.items():
+            value = drawn[key]
             if isinstance(domain, LogUniform | Uniform | IntUniform):
                 assert domain.low <= value <= domain.high, (key, value)
+            elif isinstance(domain, Quota):
+                assert domain.low <= value <= domain.high(drawn), (key, value)
             else:
                 assert isinstance(domain, Choice) and value in domain.values
+        assert over_budget(method_class(name).space, {"epochs": 20, "samples": 8000}, drawn) == []
 
 
 def test_unresolved_budgets_are_refused_by_the_translation():
@@ -109,3 +116,15 @@ def test_unresolved_budgets_are_refused_by_the_translation():
 def test_trial_methods_take_numpy_values_in_their_fields_types():
     method = tuning.configured("finetune", {"momentum": 0.5}, {"batch_size": np.int64(64), "lr": np.float64(0.02)})
     assert type(method.batch_size) is int and type(method.lr) is float and method.momentum == 0.5
+
+
+def test_the_best_configuration_is_the_best_trial_within_the_budget():
+    """Trial 0 (a method's own 10 epochs, past the 4 the budget allows) scores best but is not chosen."""
+    from orchestration.bench.search import SearchResult, TrialRecord
+
+    space, budget = method_class("finetune").space, {"epochs": 20, "samples": 8000}
+    trials = [TrialRecord(0, {"epochs": 10}, {"objective": 0.1}), TrialRecord(1, {"epochs": 4}, {"objective": 0.3}),
+              TrialRecord(2, {"epochs": 1}, {"objective": 0.2}), TrialRecord(3, {"epochs": 2}, error="died")]
+    result = SearchResult(trials, 1.0)
+    assert result.best.number == 0
+    assert result.best_of(lambda t: not over_budget(space, budget, t.params)).number == 2

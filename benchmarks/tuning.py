@@ -59,7 +59,7 @@ finished their 20 but SCRUB, whose budget stopped its last; the table reports wh
 BUDGETS_S = {"sfr_on": 900.0}
 """Methods whose own values cost more than BUDGET_S for one trial: SFR-on's 300 forget and 1,500
 retain reference steps take 55 s a run, so its trial 0 takes 440 s (8 runs on one core); its drawn
-configurations run at most 20% of the original's optimizer steps. It is searched in a command of its
+configurations draw at most 20% of the samples the original training drew (iterations x batch size). It is searched in a command of its
 own (hence its own `--out`); on Fashion-MNIST its 20 trials took 781 s."""
 QUICK = ["--quick", "--set", "data.train_limit=200", "--set", "sisa.epochs=10", "--set", "sisa.batch_size=16"]
 STEPS = ("tune", "default", "tuned")

@@ -263,6 +263,9 @@ class BenchConfig:
 
 
 SEARCHES = ("random",)
+"""Random search only: with the 20 trials a method gets, a model-based search (Optuna's TPE starts
+with 10 random trials) would have little to learn from, and random draws, independent of results,
+let every trial run at once on the cluster."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ the stage 'bench'. The tuner works beside that protocol, never inside it (`carve
 - its forget set F' is drawn from D' by the scenario's rule with a seed of its own (class-wise:
   another class, drawn from those left in D');
 - it is scored on V, the bench's validation split (class-wise: without F''s class, which becomes
-  its `test_class`), never on T;
+  its `test_class`), never on T. V is held out of the test split rather than carved from D: like
+  T, no model of either protocol ever trains on it, and the tuning models train on D' alone, as
+  close to the bench's D as leaving out F allows, so a tuned recipe is fitted to the bench's
+  training set size;
 - its populations are seeded from the stage 'tune', so no tuning model is a reported model.
 
 `overlaps` counts what the two protocols share (all zeros, or the tuner refuses to run), and every

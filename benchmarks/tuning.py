@@ -59,8 +59,9 @@ finished their 20 but SCRUB, whose budget stopped its last; the table reports wh
 BUDGETS_S = {"sfr_on": 900.0}
 """Methods whose own values cost more than BUDGET_S for one trial: SFR-on's 300 forget and 1,500
 retain reference steps take 55 s a run, so its trial 0 takes 440 s (8 runs on one core); its drawn
-configurations draw at most 20% of the samples the original training drew (iterations x batch size). It is searched in a command of its
-own (hence its own `--out`); on Fashion-MNIST its 20 trials took 781 s."""
+configurations draw at most 20% of the samples the original training drew (iterations x batch size).
+It is searched in a command of its own (hence its own `--out`); on Fashion-MNIST random its 20
+trials took 432 s."""
 QUICK = ["--quick", "--set", "data.train_limit=200", "--set", "sisa.epochs=10", "--set", "sisa.batch_size=16"]
 STEPS = ("tune", "default", "tuned")
 """The steps of a plan, in the order they run (`--steps` picks some)."""

@@ -317,8 +317,9 @@ def tune_table(result: TuneResult) -> str:
         trials, best = found.result.trials, found.best
         row = f"{found.method:22}{f'{len(found.result.finished)}/{found.planned}':>9}{found.failed:>7}{found.default:>8.3f}"
         if best is None:
-            why = "none within the budget" if found.result.finished else (trials[0].error if trials else "none started")
-            lines.append(f"{row}  no trial finished: {why}")
+            why = ("no trial within the budget finished" if found.result.finished
+                   else f"no trial finished: {trials[0].error if trials else 'none started'}")
+            lines.append(f"{row}  {why}")
             continue
         scores = best.result
         lines.append(f"{row}{best.objective:>8.3f}{scores['ulira']:>8.2f}{scores['ua']:>7.1f}{scores['ra']:>7.1f}"

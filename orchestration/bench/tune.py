@@ -107,8 +107,9 @@ def searched(config: RunConfig, methods: list[str]) -> BenchConfig:
     unknown = sorted(set(config.bench.params) - set(approx.available()))
     if unknown:
         raise ValueError(f"bench.params names unknown method(s) {unknown}; methods: {', '.join(approx.available())}")
-    for name, values in config.bench.params.items():  # a bad value for a method not searched now is refused too
-        approx.create(name, **values)
+    for name, values in config.bench.params.items():  # the searched ones are built (and checked) by create_methods
+        if name not in methods:
+            approx.create(name, **values)
     params = {k: v for k, v in config.bench.params.items() if k in methods}
     return dataclasses.replace(config.bench, methods=tuple(methods), params=params)
 
